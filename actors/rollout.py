@@ -1,0 +1,57 @@
+"""Rollout actors and the pool that hands them work."""
+from __future__ import annotations
+
+import ray
+
+from actors.runtime import runtime_env, threads_for
+from rl.config import Config
+from rl.rollout import EvalRecord, RolloutBatch, RolloutWorker
+from rl.tasks import TASKS
+from rl.tasks.base import Problem
+
+RolloutActor = ray.remote(RolloutWorker)
+
+
+class RolloutPool:
+    """N rollout actors; problems are handed out in chunks from a queue, so a fast actor takes more."""
+
+    def __init__(self, cfg: Config, policy_path: str, value_path: str):
+        task = TASKS[cfg.task.name](cfg.task.arithmetic)
+        r = cfg.rollout
+        self.chunk_size = r.chunk_size
+        self.actors = [
+            RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=runtime_env(r.num_cpus))
+            .remote(task, cfg.search, policy_path, value_path, device=cfg.model.device,
+                    seed=cfg.seed * 1000 + i, num_threads=threads_for(r.num_cpus))
+            for i in range(r.num_actors)]
+
+    def _map(self, problems: list[Problem], call, progress=None) -> list:
+        """Run call(actor, chunk) over chunks, keeping every actor busy; results in problem order."""
+        chunks = [problems[i:i + self.chunk_size] for i in range(0, len(problems), self.chunk_size)]
+        results: list = [None] * len(chunks)
+        pending, next_chunk = {}, 0
+        for actor in self.actors:
+            if next_chunk < len(chunks):
+                pending[call(actor, chunks[next_chunk])] = (actor, next_chunk)
+                next_chunk += 1
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            actor, idx = pending.pop(done)
+            results[idx] = ray.get(done)
+            if progress is not None:
+                progress(len(chunks[idx]))
+            if next_chunk < len(chunks):
+                pending[call(actor, chunks[next_chunk])] = (actor, next_chunk)
+                next_chunk += 1
+        return results
+
+    def search(self, problems: list[Problem], progress=None) -> list[RolloutBatch]:
+        return self._map(problems, lambda a, c: a.search.remote(c, use_reward=True), progress)
+
+    def evaluate(self, problems: list[Problem], method: str, progress=None) -> list[EvalRecord]:
+        parts = self._map(problems, lambda a, c: a.evaluate.remote(c, method), progress)
+        return [rec for part in parts for rec in part]
+
+    def load_weights(self, version: int, weights_ref) -> list[int]:
+        """Every actor swaps to the published weights; returns the versions they confirm."""
+        return ray.get([a.load_weights.remote(version, weights_ref) for a in self.actors])

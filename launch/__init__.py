@@ -1,0 +1,1 @@
+"""The arbor CLI, the training controller, checkpoints and tracking."""

@@ -1,0 +1,111 @@
+"""The `arbor` command line: train, eval, data generate."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arbor", description="arbor-rl: learn to reason by searching over reasoning steps")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="bootstrap, then rounds of search, learning and evaluation")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. search.simulations=32")
+    t.add_argument("--resume", default="auto", help="auto (newest checkpoint of run_dir, if any), none, or a checkpoint path")
+    t.add_argument("--address", default=None, help="join a Ray cluster (auto or HOST:PORT) instead of starting one")
+
+    e = sub.add_parser("eval", help="accuracy of a checkpoint on a JSONL file of problems")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    e.add_argument("--data", required=True, help="JSONL of problems (see `arbor data generate`)")
+    e.add_argument("--method", default="greedy", help="greedy or mcts")
+    e.add_argument("--out", default=None, help="write RESULTS.json here")
+    e.add_argument("overrides", nargs="*", help="dotted overrides of the checkpoint's config, e.g. search.simulations=32")
+
+    d = sub.add_parser("data", help="data utilities")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    g = dsub.add_parser("generate", help="write generated problems with gold answers as JSONL")
+    g.add_argument("--task", default="arithmetic")
+    g.add_argument("--n", type=int, required=True)
+    g.add_argument("--seed", type=int, required=True)
+    g.add_argument("--split", default="eval", choices=["train", "eval"],
+                   help="eval problems never appear in training (default: eval)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--config", default=None, help="take the task knobs from this config's task section")
+    g.add_argument("overrides", nargs="*", help="task overrides, e.g. task.arithmetic.max_value=9")
+    return p
+
+
+def cmd_train(args) -> int:
+    from launch.controller import Controller
+    from rl.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    Controller(cfg, resume=args.resume, address=args.address).run()
+    print(f"summary: {Path(cfg.run_dir) / 'summary.json'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from launch.checkpoint import load_loop_state, resolve_checkpoint
+    from rl.config import from_dict
+    from rl.rollout import RolloutWorker
+    from rl.search import SEARCHES
+    from rl.tasks import TASKS, load_problems
+
+    if args.method not in SEARCHES:
+        raise ValueError(f"--method {args.method!r}: known methods are {', '.join(SEARCHES)}")
+    ck = resolve_checkpoint(args.checkpoint)
+    cfg = from_dict(load_loop_state(ck)["config"], args.overrides, where=f"{ck}/loop_state.json")
+    problems = load_problems(args.data)
+    task = TASKS[cfg.task.name](cfg.task.arithmetic)
+    worker = RolloutWorker(task, cfg.search, str(ck / "policy"), str(ck / "value"), device=cfg.model.device,
+                           seed=cfg.seed)
+    records = worker.evaluate(problems, args.method)
+    acc = float(np.mean([r.correct for r in records]))
+    out = {"checkpoint": str(ck), "data": args.data, "method": args.method, "accuracy": acc, "n": len(records),
+           "mean_tokens": float(np.mean([r.tokens for r in records])), "records": [asdict(r) for r in records]}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"{args.method} accuracy {acc:.3f} on {len(records)} problems ({ck})")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from rl.config import load_config
+    from rl.tasks import TASKS, save_problems
+    if args.task not in TASKS:
+        raise ValueError(f"--task {args.task!r}: known tasks are {', '.join(TASKS)}")
+    # run_dir is required for training only; data generation writes to --out
+    cfg = load_config(args.config, [*args.overrides, "run_dir=-"])
+    problems = TASKS[args.task](cfg.task.arithmetic).generate(args.n, args.seed, args.split)
+    save_problems(problems, args.out)
+    print(f"wrote {len(problems)} {args.split} problems to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rl.config import ConfigError
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "train":
+            return cmd_train(args)
+        if args.cmd == "eval":
+            return cmd_eval(args)
+        return cmd_data(args)
+    except (ConfigError, ValueError) as e:
+        print(f"arbor: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

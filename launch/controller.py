@@ -1,0 +1,197 @@
+"""The training controller: bootstrap, then rounds of search -> criticize -> improve -> push -> evaluate.
+
+Everything a run needs to resume is in state_dict(), written with each checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+from actors.rollout import RolloutPool
+from learners.actor import start_learner
+from launch import checkpoint as ckpt
+from launch.tracking import Tracker, format_table, write_summary
+from rl.config import Config, to_dict
+from rl.experience import value_examples
+from rl.models.embedded import build_embedded_model
+from rl.tasks import TASKS, load_problems
+from rl.tasks.base import Problem
+
+BOOTSTRAP_SEED_OFFSET = 10**6   # keeps bootstrap problems apart from the per-round prompt seeds
+EVAL_SEED_OFFSET = 2 * 10**6
+
+
+class Controller:
+    def __init__(self, cfg: Config, *, resume: str = "auto", address: str | None = None, console: bool = True):
+        self.cfg = cfg
+        self.console = console
+        self.run_dir = Path(cfg.run_dir)
+        self.task = TASKS[cfg.task.name](cfg.task.arithmetic)
+        self.eval_problems = self._eval_problems()
+        self.resume_from = self._resume_point(resume)
+        self.round = 0            # last completed round
+        self.version = 0          # last published weights version
+        self.summary: list[dict] = []
+        self.address = address
+
+    # ---- set-up ----------------------------------------------------------------------
+    def _eval_problems(self) -> list[Problem]:
+        c = self.cfg
+        if c.task.eval_data:
+            return load_problems(c.task.eval_data)[:c.loop.eval_size]
+        return self.task.generate(c.loop.eval_size, c.seed + EVAL_SEED_OFFSET, "eval")
+
+    def train_problems(self, round_: int) -> list[Problem]:
+        """Prompts of one round: a slice of train_data (cycled), or fresh generated train-split problems."""
+        c = self.cfg
+        n = c.loop.prompts_per_round
+        if c.task.train_data:
+            data = load_problems(c.task.train_data)
+            start = ((round_ - 1) * n) % len(data)
+            return [data[(start + i) % len(data)] for i in range(min(n, len(data)))]
+        return self.task.generate(n, c.seed * 1000 + round_, "train")
+
+    def _resume_point(self, resume: str) -> Path | None:
+        if resume == "none":
+            if ckpt.latest_checkpoint(self.run_dir) is not None:
+                raise ValueError(f"run_dir {self.run_dir} already holds checkpoints; pass --resume auto "
+                                 "to continue it or choose another run_dir")
+            return None
+        if resume == "auto":
+            return ckpt.latest_checkpoint(self.run_dir)
+        return ckpt.resolve_checkpoint(resume)
+
+    def setup(self) -> None:
+        c = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume_from is not None:
+            state = ckpt.load_loop_state(self.resume_from)
+            self.load_state_dict(state)
+            policy_path, value_path = str(self.resume_from / "policy"), str(self.resume_from / "value")
+        else:
+            policy_path = c.model.policy
+            if policy_path == "embedded":
+                policy_path = str(build_embedded_model(c.model.embedded, self.run_dir / "base", seed=c.seed))
+            value_path = c.model.value or policy_path
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     **({} if self.address else {"num_cpus": max(2, int(np.ceil(
+                         c.rollout.num_actors * c.rollout.num_cpus + c.learner.num_cpus)))}))
+        self.learner = start_learner(c, policy_path, value_path)
+        self.pool = RolloutPool(c, policy_path, value_path)
+        if self.resume_from is not None:
+            loaded = ray.get(self.learner.load.remote(str(self.resume_from)))
+            if loaded != self.version:
+                raise RuntimeError(f"{self.resume_from}: learner version {loaded} != loop state {self.version}")
+            self.pool.load_weights(self.version, ray.put(ray.get(self.learner.weights.remote())))
+        self.tracker = Tracker(self.run_dir, to_dict(c), mode=c.wandb.mode, project=c.wandb.project,
+                               entity=c.wandb.entity)
+
+    # ---- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"round": self.round, "version": self.version, "summary": self.summary,
+                "config": to_dict(self.cfg)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round, self.version, self.summary = state["round"], state["version"], list(state["summary"])
+
+    # ---- the loop --------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        self.setup()
+        try:
+            rounds = tqdm(range(self.round + (self.resume_from is not None), self.cfg.loop.rounds + 1),
+                          desc="rounds", disable=not self.console, position=0)
+            for r in rounds:
+                self.run_round(r)
+                rounds.set_postfix(greedy=self.summary[-1]["greedy_acc"], search=self.summary[-1]["search_acc"])
+        finally:
+            self.tracker.finish()
+        if self.console:
+            print(format_table(self.summary))
+        return self.summary
+
+    def run_round(self, r: int) -> dict:
+        """Round 0 bootstraps the policy; later rounds search, train and push."""
+        t0 = time.perf_counter()
+        metrics: dict = {}
+        if r == 0:
+            metrics.update(self._bootstrap())
+        else:
+            metrics.update(self._search_and_learn(r))
+        t_push = time.perf_counter()
+        version, weights = ray.get(self.learner.publish.remote())
+        confirmed = self.pool.load_weights(version, ray.put(weights))
+        if any(v != version for v in confirmed):
+            raise RuntimeError(f"rollout actors confirmed versions {confirmed}, expected {version}")
+        self.version = version
+        metrics["time/push"] = time.perf_counter() - t_push
+        metrics.update(self._evaluate(r))
+        self.round = r
+        row = {"round": r, "greedy_acc": metrics["eval/greedy_acc"], "search_acc": metrics["eval/search_acc"],
+               "train_solved": metrics.get("rollout/solved_frac", float("nan")), "policy_version": version,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        self.summary.append(row)
+        metrics["time/round"] = row["seconds"]
+        self._checkpoint(r)
+        write_summary(self.run_dir, self.summary)
+        self.tracker.log(metrics, step=r)
+        return row
+
+    def _bootstrap(self) -> dict:
+        b = self.cfg.bootstrap
+        if b.steps == 0:
+            return {}
+        probs = self.task.generate(b.examples, self.cfg.seed + BOOTSTRAP_SEED_OFFSET, "train")
+        prompts = [self.task.prompt(p) for p in probs]
+        m = ray.get(self.learner.train_policy.remote(prompts, [p.solution for p in probs], steps=b.steps, lr=b.lr))
+        return {f"bootstrap/{k.split('/')[-1]}": v for k, v in m.items()}
+
+    def _search_and_learn(self, r: int) -> dict:
+        problems = self.train_problems(r)
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(problems), desc=f"round {r} search", leave=False, disable=not self.console, position=1)
+        batches = self.pool.search(problems, progress=bar.update)
+        bar.close()
+        t_search = time.perf_counter() - t0
+        nodes = [n for b in batches for n in b.nodes]
+        trajs = [t for b in batches for t in b.trajectories]
+        stale = [self.version - n.policy_version for n in nodes]
+        states, targets = value_examples(nodes)
+        m_value = self.learner.train_value.remote(states, targets)
+        m_policy = self.learner.train_policy.remote([t.prompt for t in trajs], [t.solution for t in trajs])
+        metrics = {**ray.get(m_value), **ray.get(m_policy)}
+        records = [rec for b in batches for rec in b.records]
+        metrics.update({
+            "rollout/solved_frac": len(trajs) / len(problems),
+            "rollout/search_acc": float(np.mean([rec.correct for rec in records])),
+            "rollout/nodes": len(nodes), "rollout/value_examples": len(states),
+            "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
+            "rollout/max_staleness": max(stale, default=0),
+            "time/search": t_search, "perf/problems_per_s": len(problems) / t_search})
+        return metrics
+
+    def _evaluate(self, r: int) -> dict:
+        c = self.cfg
+        t0 = time.perf_counter()
+        greedy = self.pool.evaluate(self.eval_problems, "greedy")
+        t1 = time.perf_counter()
+        sub = self.eval_problems[:c.loop.eval_search_size]
+        bar = tqdm(total=len(sub), desc=f"round {r} eval {c.search.method}", leave=False,
+                   disable=not self.console, position=1)
+        searched = self.pool.evaluate(sub, c.search.method, progress=bar.update)
+        bar.close()
+        return {"eval/greedy_acc": float(np.mean([x.correct for x in greedy])),
+                "eval/search_acc": float(np.mean([x.correct for x in searched])),
+                "eval/greedy_tokens": float(np.mean([x.tokens for x in greedy])),
+                "eval/search_tokens": float(np.mean([x.tokens for x in searched])),
+                "time/eval_greedy": t1 - t0, "time/eval_search": time.perf_counter() - t1}
+
+    def _checkpoint(self, r: int) -> Path:
+        staging = ckpt.staging_dir(self.run_dir, r)
+        ray.get(self.learner.save.remote(str(staging)))
+        return ckpt.commit(staging, self.state_dict())

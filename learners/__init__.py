@@ -1,0 +1,1 @@
+"""DeepSpeed training of the policy and critics, and weight publishing."""

@@ -1,0 +1,36 @@
+"""torch.distributed set-up for learner ranks: loopback-bound store, backend chosen by device."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def backend() -> str:
+    """nccl with CUDA, gloo on CPU."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def bind_free_port(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port of host; its fd is handed to the TCPStore so it never binds 0.0.0.0."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    s.listen(128)
+    return s
+
+
+def init_group(rank: int, world_size: int, master_addr: str, master_port: int,
+               listen_socket: socket.socket | None = None) -> None:
+    """Join the learner's process group (rank 0 hosts the store on listen_socket)."""
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return
+    kwargs = {}
+    if rank == 0 and listen_socket is not None:
+        kwargs["master_listen_fd"] = listen_socket.fileno()
+    store = dist.TCPStore(master_addr, master_port, world_size, is_master=(rank == 0), **kwargs)
+    dist.init_process_group(backend(), store=store, rank=rank, world_size=world_size)

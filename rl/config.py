@@ -1,0 +1,234 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted overrides.
+
+Every hyperparameter is one documented field of one dataclass. Loading is strict:
+an unknown key, a value of the wrong type or a missing required value raises
+ConfigError naming the dotted key and the file it came from, before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REQUIRED: Any = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key and its source."""
+
+
+@dataclass
+class ArithmeticConfig:
+    """Knobs of the embedded arithmetic task generator (rl/tasks/arithmetic.py)."""
+    min_operands: int = 3          # operands per problem, inclusive range
+    max_operands: int = 4
+    min_value: int = 1             # operand values, inclusive range
+    max_value: int = 20
+    operators: str = "+-*"         # any of + - *
+    max_result: int = 999          # intermediate results kept in [0, max_result]
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    train_data: str | None = None  # JSONL of problems; None = generate from the task
+    eval_data: str | None = None   # JSONL of held-out problems; None = generate
+
+
+@dataclass
+class EmbeddedModelConfig:
+    """Shape of the tiny Llama built when model.policy is 'embedded'."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 256
+
+
+@dataclass
+class ModelConfig:
+    policy: str = "embedded"       # 'embedded' or a HF checkpoint folder
+    value: str | None = None       # critic folder; None = the policy backbone with a new scalar head
+    embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
+    device: str = "auto"           # auto picks cuda when present, else cpu
+
+
+@dataclass
+class BootstrapConfig:
+    """Supervised warm-up of the embedded policy on generated gold solutions."""
+    examples: int = 2000
+    steps: int = 150               # optimizer steps; kept short so the base policy stays weak
+    batch_size: int = 32
+    lr: float = 3e-3
+
+
+@dataclass
+class SearchConfig:
+    method: Literal["greedy", "mcts"] = "mcts"
+    simulations: int = 16          # MCTS simulations per problem
+    branching: int = 3             # candidate steps sampled per expansion
+    c_uct: float = 1.0             # UCT exploration constant
+    max_depth: int = 8             # steps; a deeper node is terminal with reward 0
+    temperature: float = 1.0       # sampling temperature of expansions
+    step_max_tokens: int = 24      # a step longer than this is cut
+    max_tokens: int = 0            # token budget per problem (0 = unlimited)
+    final: Literal["visits", "value"] = "visits"
+    reward: Literal["verifier", "critic"] = "verifier"  # terminal score while training
+
+
+@dataclass
+class RolloutConfig:
+    num_actors: int = 2
+    num_cpus: float = 0.9          # per actor; fractional so that learner and driver fit
+    num_gpus: float = 0.0          # per actor; > 0 pins policy and critic to a GPU
+    chunk_size: int = 8            # problems per work item handed to an actor
+
+
+@dataclass
+class LearnerConfig:
+    zero_stage: int = 2
+    policy_lr: float = 1e-3
+    value_lr: float = 1e-3
+    batch_size: int = 32
+    policy_epochs: int = 3
+    value_epochs: int = 3
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 4
+    prompts_per_round: int = 128
+    eval_size: int = 200           # held-out problems for greedy accuracy
+    eval_search_size: int = 100    # held-out problems for search accuracy (a prefix of the above)
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["online", "offline", "disabled"] = "offline"
+    project: str = "arbor-rl"
+    entity: str | None = None
+
+
+@dataclass
+class Config:
+    run_dir: str = REQUIRED        # where summary.json, checkpoints and wandb go
+    seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def _check_value(value: Any, tp: Any, key: str, where: str, required: bool = True) -> Any:
+    """Return value converted to tp or raise ConfigError naming key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, key, where, required)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: '{key}' = {value!r} is not {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"{where}: '{key}' = {value!r} is not one of {choices}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, key, where, required)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where}: '{key}' = {value!r} is not {tp.__name__}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(cls: type, data: dict, prefix: str, where: str, required: bool = True) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"{where}: unknown key '{full}' (known: {', '.join(names)})")
+    kwargs = {}
+    for name, f in names.items():
+        full = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _check_value(data[name], hints[name], full, where, required)
+        elif f.default is REQUIRED and f.default_factory is REQUIRED:
+            if required:
+                raise ConfigError(f"{where}: missing required key '{full}'")
+            kwargs[name] = None  # a partial check: required keys may still come from overrides
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = Config) -> Any:
+    """Load a YAML file (or none) into cls, then apply 'a.b=value' overrides.
+
+    Raises:
+        ConfigError: naming the key and the file (or 'override') at fault.
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    return from_dict(data, overrides, where=str(path) if path else "<defaults>", cls=cls)
+
+
+def from_dict(data: dict, overrides: list[str] = (), *, where: str, cls: type = Config) -> Any:
+    """Build cls from plain data (checked against `where`), then apply overrides (each checked on its own)."""
+    data = copy.deepcopy(data)
+    _build(cls, data, "", where, required=False)  # errors in the data are reported against its source
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{k}' is not a section")
+        node[keys[-1]] = value
+        _build(cls, data, "", f"override '{text}'", required=False)
+    return _build(cls, data, "", where)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,112 @@
+"""The embedded default task: multi-step integer arithmetic with an exact verifier.
+
+A problem is an expression evaluated left to right, such as ``(3+5)*2-7``
+(parentheses only where precedence would otherwise change the order); its
+solution works one operation per line and ends with an answer line:
+
+    3+5=8
+    8*2=16
+    16-7=9
+    Answer: 9
+
+Train and eval problems are disjoint by construction: a problem belongs to the
+eval split iff a hash of its question falls in the eval bucket, so any seed of
+one split never yields a problem of the other.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from rl.config import ArithmeticConfig
+from rl.grading import answers_equal, extract_final_answer
+from rl.grading.answers import ANSWER_PREFIX
+from rl.tasks.base import Problem
+
+EVAL_BUCKETS = 5  # one question hash bucket in five is held out for evaluation
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _digest(question: str) -> str:
+    return hashlib.sha1(question.encode()).hexdigest()
+
+
+def split_of(question: str) -> str:
+    """'eval' or 'train', from the question's hash alone."""
+    return "eval" if int(_digest(question)[:8], 16) % EVAL_BUCKETS == 0 else "train"
+
+
+@dataclass
+class ArithmeticTask:
+    cfg: ArithmeticConfig
+    name: str = "arithmetic"
+
+    def __post_init__(self) -> None:
+        c = self.cfg
+        bad = set(c.operators) - set(_OPS)
+        if bad or not c.operators:
+            raise ValueError(f"task.arithmetic.operators = {c.operators!r}: use some of '+-*'")
+        if not 2 <= c.min_operands <= c.max_operands:
+            raise ValueError("task.arithmetic: need 2 <= min_operands <= max_operands")
+        if not 0 <= c.min_value <= c.max_value <= c.max_result:
+            raise ValueError("task.arithmetic: need 0 <= min_value <= max_value <= max_result")
+
+    # ---- Task protocol -------------------------------------------------------------
+    def prompt(self, problem: Problem) -> str:
+        return f"Q: {problem.question}\n"
+
+    def is_terminal(self, step: str) -> bool:
+        return step.startswith(ANSWER_PREFIX)
+
+    def extract_answer(self, solution: str) -> str | None:
+        return extract_final_answer(solution)
+
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
+        return answers_equal(answer, problem.answer)
+
+    def reward(self, problem: Problem, solution: str) -> float:
+        return float(self.is_correct(problem, self.extract_answer(solution)))
+
+    def generate(self, n: int, seed: int, split: str = "train") -> list[Problem]:
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        out: dict[str, Problem] = {}
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 200 * n + 1000:
+                raise ValueError(f"task.arithmetic: cannot find {n} distinct {split} problems; widen the ranges")
+            p = self._sample(rng)
+            if p is not None and split_of(p.question) == split and p.question not in out:
+                out[p.question] = p
+        return list(out.values())
+
+    # ---- generator -----------------------------------------------------------------
+    def _sample(self, rng: np.random.Generator) -> Problem | None:
+        c = self.cfg
+        k = int(rng.integers(c.min_operands, c.max_operands + 1))
+        values = [int(v) for v in rng.integers(c.min_value, c.max_value + 1, size=k)]
+        ops = [c.operators[int(i)] for i in rng.integers(0, len(c.operators), size=k - 1)]
+        acc, expr, steps = values[0], str(values[0]), []
+        for i, (op, v) in enumerate(zip(ops, values[1:])):
+            new = _OPS[op](acc, v)
+            if not 0 <= new <= c.max_result:
+                return None
+            steps.append(f"{acc}{op}{v}={new}")
+            if op == "*" and any(o in "+-" for o in ops[:i]):
+                expr = f"({expr})"  # keep left-to-right order under operator precedence
+            expr = f"{expr}{op}{v}"
+            acc = new
+        steps.append(f"{ANSWER_PREFIX} {acc}")
+        return Problem(id=f"arith-{_digest(expr)[:12]}", question=expr, answer=str(acc),
+                       solution="\n".join(steps) + "\n")
+
+
+def verify_expression(question: str, answer: str) -> bool:
+    """Check a gold answer against Python's own evaluation of the expression (tests use this)."""
+    if set(question) - set("0123456789+-*()"):
+        raise ValueError(f"not an arithmetic expression: {question!r}")
+    return eval(question) == int(answer)  # noqa: S307 - the charset check above leaves only arithmetic

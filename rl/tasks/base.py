@@ -1,0 +1,72 @@
+"""Problem records and the Task protocol."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str              # stable id, unique within a data file
+    question: str        # the text the policy sees after the prompt prefix
+    answer: str          # gold final answer
+    solution: str = ""   # a reference solution, one step per line (bootstrap only)
+
+
+class Task(Protocol):
+    name: str
+
+    def prompt(self, problem: Problem) -> str:
+        """Text the policy continues; steps are appended to it."""
+
+    def is_terminal(self, step: str) -> bool:
+        """True when a step ends the solution (it carries the final answer)."""
+
+    def extract_answer(self, solution: str) -> str | None:
+        """The final answer in a solution text, or None."""
+
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
+        """Whether an extracted answer equals the gold one."""
+
+    def reward(self, problem: Problem, solution: str) -> float:
+        """1.0 when the solution's final answer is right, else 0.0."""
+
+    def generate(self, n: int, seed: int, split: str) -> list[Problem]:
+        """n distinct problems of a split ('train' or 'eval'), deterministic in seed."""
+
+
+def save_problems(problems: list[Problem], path: str | Path) -> None:
+    """Write problems as JSONL, atomically (a temp file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for p in problems:
+            f.write(json.dumps(asdict(p)) + "\n")
+    tmp.replace(path)
+
+
+def load_problems(path: str | Path) -> list[Problem]:
+    """Read a JSONL file of problems; a bad line raises ValueError naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such data file")
+    problems, seen = [], set()
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            p = Problem(id=str(rec["id"]), question=str(rec["question"]), answer=str(rec["answer"]),
+                        solution=str(rec.get("solution", "")))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{lineno}: not a problem record ({type(e).__name__}: {e})") from None
+        if p.id in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate problem id {p.id!r}")
+        seen.add(p.id)
+        problems.append(p)
+    if not problems:
+        raise ValueError(f"{path}: holds no problems")
+    return problems
