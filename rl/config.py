@@ -159,6 +159,11 @@ def _check_value(value: Any, tp: Any, key: str, where: str, required: bool = Tru
         return _build(tp, value, key, where, required)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise ConfigError(f"{where}: '{key}' = {value!r} is not {tp.__name__}")
     return value

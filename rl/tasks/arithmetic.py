@@ -1,12 +1,14 @@
 """The embedded default task: multi-step integer arithmetic with an exact verifier.
 
 A problem is an expression evaluated left to right, such as ``(3+5)*2-7``
-(parentheses only where precedence would otherwise change the order); its
-solution works one operation per line and ends with an answer line:
+(parentheses only where precedence would otherwise change the order). Each
+solution step does the leftmost operation and rewrites what remains, so the
+next step reads its operands from the line just above (a scratchpad a tiny
+transformer learns quickly); the last line gives the answer:
 
-    3+5=8
-    8*2=16
-    16-7=9
+    8*2-7
+    16-7
+    9
     Answer: 9
 
 Train and eval problems are disjoint by construction: a problem belongs to the
@@ -31,6 +33,16 @@ _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * 
 
 def _digest(question: str) -> str:
     return hashlib.sha1(question.encode()).hexdigest()
+
+
+def render(first: int, rest: list[tuple[str, int]]) -> str:
+    """Expression text of `first` followed by (op, value) pairs applied left to right."""
+    expr = str(first)
+    for i, (op, v) in enumerate(rest):
+        if op == "*" and any(o in "+-" for o, _ in rest[:i]):
+            expr = f"({expr})"  # precedence would otherwise multiply first
+        expr = f"{expr}{op}{v}"
+    return expr
 
 
 def split_of(question: str) -> str:
@@ -90,16 +102,13 @@ class ArithmeticTask:
         k = int(rng.integers(c.min_operands, c.max_operands + 1))
         values = [int(v) for v in rng.integers(c.min_value, c.max_value + 1, size=k)]
         ops = [c.operators[int(i)] for i in rng.integers(0, len(c.operators), size=k - 1)]
-        acc, expr, steps = values[0], str(values[0]), []
-        for i, (op, v) in enumerate(zip(ops, values[1:])):
-            new = _OPS[op](acc, v)
-            if not 0 <= new <= c.max_result:
+        rest = list(zip(ops, values[1:]))
+        expr, acc, steps = render(values[0], rest), values[0], []
+        for i, (op, v) in enumerate(rest):
+            acc = _OPS[op](acc, v)
+            if not 0 <= acc <= c.max_result:
                 return None
-            steps.append(f"{acc}{op}{v}={new}")
-            if op == "*" and any(o in "+-" for o in ops[:i]):
-                expr = f"({expr})"  # keep left-to-right order under operator precedence
-            expr = f"{expr}{op}{v}"
-            acc = new
+            steps.append(render(acc, rest[i + 1:]))
         steps.append(f"{ANSWER_PREFIX} {acc}")
         return Problem(id=f"arith-{_digest(expr)[:12]}", question=expr, answer=str(acc),
                        solution="\n".join(steps) + "\n")

@@ -1,0 +1,45 @@
+import pytest
+
+from rl.config import ConfigError, load_config
+
+REPO_CONFIG = "configs/arithmetic.yaml"
+
+
+def test_repo_config_loads_with_overrides():
+    cfg = load_config(REPO_CONFIG, ["search.simulations=32", "learner.policy_lr=1e-4", "task.eval_data=x.jsonl"])
+    assert cfg.search.simulations == 32 and cfg.learner.policy_lr == 1e-4 and cfg.task.eval_data == "x.jsonl"
+    assert cfg.run_dir == "runs/arithmetic"
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("run_dir: r\nsearch:\n  simulatons: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml.*'search.simulatons'"):
+        load_config(f)
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"override 'search.simulations=many'.*'search.simulations'.*int"):
+        load_config(REPO_CONFIG, ["search.simulations=many"])
+    with pytest.raises(ConfigError, match=r"'search.method'.*one of"):
+        load_config(REPO_CONFIG, ["search.method=dfs"])
+
+
+def test_unknown_override_key():
+    with pytest.raises(ConfigError, match=r"unknown key 'loop.roundz'"):
+        load_config(REPO_CONFIG, ["loop.roundz=3"])
+
+
+def test_missing_required_value(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: missing required key 'run_dir'"):
+        load_config(f)
+    assert load_config(f, ["run_dir=somewhere"]).run_dir == "somewhere"   # an override may supply it
+
+
+def test_cli_reports_config_errors_before_work(tmp_path, capsys):
+    from launch.cli import main
+    assert main(["train", REPO_CONFIG, f"run_dir={tmp_path / 'r'}", "search.c_uct=abc"]) == 2
+    assert "search.c_uct" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()                                     # nothing was started or written
