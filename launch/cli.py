@@ -86,7 +86,7 @@ def cmd_data(args) -> int:
     if args.task not in TASKS:
         raise ValueError(f"--task {args.task!r}: known tasks are {', '.join(TASKS)}")
     # run_dir is required for training only; data generation writes to --out
-    cfg = load_config(args.config, [*args.overrides, "run_dir=-"])
+    cfg = load_config(args.config, [*args.overrides, "run_dir=unused"])
     problems = TASKS[args.task](cfg.task.arithmetic).generate(args.n, args.seed, args.split)
     save_problems(problems, args.out)
     print(f"wrote {len(problems)} {args.split} problems to {args.out}")
@@ -95,7 +95,13 @@ def cmd_data(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from rl.config import ConfigError
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # overrides may come after options too: collect leftover key=value words into overrides
+    args, extra = parser.parse_known_args(argv)
+    bad = [w for w in extra if w.startswith("-") or "=" not in w]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = [*getattr(args, "overrides", []), *extra]
     try:
         if args.cmd == "train":
             return cmd_train(args)

@@ -1,0 +1,86 @@
+"""One short run of the real CLI through Ray and DeepSpeed, then eval, resume and W&B read-back."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.embedded.hidden_size=32", "model.embedded.num_layers=2", "model.embedded.num_heads=2",
+        "model.embedded.intermediate_size=64", "bootstrap.steps=5", "bootstrap.examples=64",
+        "loop.prompts_per_round=4", "loop.eval_size=8", "loop.eval_search_size=2",
+        "search.simulations=3", "search.branching=2", "search.step_max_tokens=8",
+        "rollout.num_actors=2", "rollout.num_cpus=0.5", "rollout.chunk_size=2", "learner.num_cpus=1.0",
+        "learner.batch_size=4", "wandb.mode=offline"]
+
+
+def arbor(*args, cwd=ROOT):
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", WANDB_MODE="offline")
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "r"
+    out = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=1", *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run
+
+
+def test_one_round_writes_summary_checkpoints_and_versions(run_dir):
+    rows = json.loads((run_dir / "summary.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1]
+    for r in rows:
+        assert 0.0 <= r["greedy_acc"] <= 1.0 and 0.0 <= r["search_acc"] <= 1.0 and r["seconds"] > 0
+    assert [r["policy_version"] for r in rows] == [1, 2]          # one publish per round
+    for rnd in (0, 1):
+        ck = run_dir / "checkpoints" / f"round_{rnd:04d}"
+        assert (ck / "policy" / "model.safetensors").is_file() and (ck / "policy" / "tokenizer.json").is_file()
+        assert (ck / "value" / "model.safetensors").is_file()
+        assert (ck / "deepspeed" / "policy").is_dir() and (ck / "deepspeed" / "value").is_dir()
+        state = json.loads((ck / "loop_state.json").read_text())
+        assert state["round"] == rnd and state["version"] == rnd + 1
+
+
+def test_wandb_offline_run_holds_the_round_metrics(run_dir):
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    out = subprocess.run(["wandb", "leet", "inspect", str(runs[0])], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac"):
+        assert key in out.stdout
+
+
+def test_eval_cli_on_fresh_data(run_dir, tmp_path):
+    data = tmp_path / "eval.jsonl"
+    assert arbor("data", "generate", "--task", "arithmetic", "--n", "6", "--seed", "99", "--out", str(data),
+                 "--config", "configs/arithmetic.yaml").returncode == 0
+    for method in ("greedy", "mcts"):
+        res = tmp_path / f"{method}.json"
+        out = arbor("eval", "--checkpoint", str(run_dir), "--data", str(data), "--method", method,
+                    "--out", str(res), "search.simulations=2")
+        assert out.returncode == 0, out.stderr[-2000:]
+        r = json.loads(res.read_text())
+        assert r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 and "round_0001" in r["checkpoint"]
+        assert r["accuracy"] == sum(x["correct"] for x in r["records"]) / 6
+        assert all(set(x) >= {"id", "prediction", "gold", "correct", "tokens"} for x in r["records"])
+    bad = arbor("eval", "--checkpoint", str(run_dir), "--data", str(data), "--method", "dfs")
+    assert bad.returncode == 2 and "dfs" in bad.stderr
+
+
+def test_resume_continues_from_the_newest_checkpoint(run_dir, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    refused = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=2", "--resume", "none", *TINY)
+    assert refused.returncode == 2 and "already holds checkpoints" in refused.stderr
+    out = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=2", *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((run / "summary.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[2]["policy_version"] == 3                        # versions continue, not restart

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from rl.config import SearchConfig
+from rl.rollout import RolloutWorker
+from rl.tasks import ArithmeticTask
+from tests.conftest import EASY
+
+SEARCH = SearchConfig(simulations=4, branching=2, max_depth=4, step_max_tokens=8)
+
+
+def _check_batch(batch, problems, version):
+    assert [r.id for r in batch.records] == [p.id for p in problems]
+    assert batch.nodes, "searches produce node experiences"
+    assert all(n.policy_version == version and n.critic_version == version for n in batch.nodes)
+    ids = [n.id for n in batch.nodes]
+    assert len(ids) == len(set(ids))                             # stable, unique record ids
+    for n in batch.nodes:
+        assert n.state.startswith("Q: ") and n.state.endswith(n.step)
+        if not np.isnan(n.value_target):
+            assert 0.0 <= n.value_target <= 1.0
+    for t in batch.trajectories:                                 # only right answers are kept
+        p = next(p for p in problems if p.id == t.problem_id)
+        assert ArithmeticTask(EASY).reward(p, t.solution) == 1.0
+
+
+def test_worker_without_ray(tiny_model_dir):
+    task = ArithmeticTask(EASY)
+    worker = RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), seed=0)
+    problems = task.generate(3, 0, "train")
+    batch = worker.search(problems)
+    _check_batch(batch, problems, 0)
+    recs = worker.evaluate(problems, "greedy")
+    assert [r.id for r in recs] == [p.id for p in problems] and all(r.tokens > 0 for r in recs)
+    recs = worker.evaluate(problems, "mcts")
+    assert len(recs) == 3
+    with pytest.raises(ValueError, match="unknown search method"):
+        worker.evaluate(problems, "dfs")
+
+
+@pytest.mark.ray
+def test_worker_through_ray_shell(tiny_model_dir, ray_local):
+    from actors.rollout import RolloutActor
+    task = ArithmeticTask(EASY)
+    actor = RolloutActor.options(num_cpus=0.5).remote(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), seed=0)
+    problems = task.generate(2, 1, "train")
+    batch = ray_local.get(actor.search.remote(problems))
+    _check_batch(batch, problems, 0)
+    # a weight push between searches: the actor confirms the version and tags new records with it
+    local = RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir))
+    weights = {"policy": local.policy.weights(), "value": local.value.weights()}
+    assert ray_local.get(actor.load_weights.remote(7, ray_local.put(weights))) == 7
+    _check_batch(ray_local.get(actor.search.remote(problems)), problems, 7)
