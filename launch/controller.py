@@ -4,7 +4,7 @@ Everything a run needs to resume is in state_dict(), written with each checkpoin
 """
 from __future__ import annotations
 
-import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -79,6 +79,8 @@ class Controller:
                 policy_path = str(build_embedded_model(c.model.embedded, self.run_dir / "base", seed=c.seed))
             value_path = c.model.value or policy_path
         if not ray.is_initialized():
+            if not self.address:  # a local instance: keep every Ray process on loopback
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      **({} if self.address else {"num_cpus": max(2, int(np.ceil(
                          c.rollout.num_actors * c.rollout.num_cpus + c.learner.num_cpus)))}))
