@@ -107,3 +107,7 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.policy.version
+
+    def weights(self) -> dict[str, Weights]:
+        """The weights in use (lets a test check that a push arrived intact)."""
+        return {"policy": self.policy.weights(), "value": self.value.weights()}

@@ -39,9 +39,16 @@ def test_verifier_is_exact():
     task = ArithmeticTask(ArithmeticConfig())
     p = Problem(id="x", question="3+4", answer="7")
     assert task.reward(p, "7\nAnswer: 7\n") == 1.0
+    assert task.reward(p, p.question + "\n7\nAnswer: 7\n") == 1.0  # restating the question is harmless
     assert task.reward(p, "7\nAnswer: 8\n") == 0.0
     assert task.reward(p, "7\nAnswer: 07\n") == 1.0              # integers compare by value
     assert task.reward(p, "7\n") == 0.0                           # no answer line
+    assert task.reward(p, "Answer: 7\n") == 0.0                   # no working
+    assert task.reward(p, "3+4\nAnswer: 7\n") == 0.0              # working that stops short of the value
+    assert task.reward(p, "8\nAnswer: 7\n") == 0.0                # right answer, wrong working
+    assert task.reward(p, "3+4\n10-3\n7\nAnswer: 7\n") == 1.0   # any value-preserving rewrite is fine
+    assert task.reward(p, "3+04\nAnswer: 7\n") == 0.0             # not an expression
+    assert task.is_correct(p, "7") and not task.is_correct(p, None)
     assert task.is_terminal("Answer: 7\n") and not task.is_terminal("3+4\n")
 
 

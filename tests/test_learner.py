@@ -48,3 +48,22 @@ def test_publish_bumps_version_and_weights_match_the_engine(learner, tmp_path):
     assert (tmp_path / "ck" / "value" / "model.safetensors").is_file()
     learner.version = 0
     assert learner.load(tmp_path / "ck") == v2
+
+
+@pytest.mark.ray
+def test_weight_push_from_learner_to_actor_with_version_check(learner, tiny_model_dir, ray_local):
+    from actors.rollout import RolloutActor
+    task = ArithmeticTask(EASY)
+    from rl.config import SearchConfig
+    actor = RolloutActor.options(num_cpus=0.5).remote(task, SearchConfig(simulations=2, branching=2),
+                                                      str(tiny_model_dir), str(tiny_model_dir))
+    probs = task.generate(4, 3, "train")
+    learner.train_policy([task.prompt(p) for p in probs], [p.solution for p in probs], steps=3)
+    version, weights = learner.publish()
+    assert ray_local.get(actor.load_weights.remote(version, ray_local.put(weights))) == version
+    held = ray_local.get(actor.weights.remote())
+    for model in ("policy", "value"):
+        for k, v in weights[model].items():
+            np.testing.assert_array_equal(held[model][k], v)
+    batch = ray_local.get(actor.search.remote(probs[:1]))
+    assert {n.policy_version for n in batch.nodes} == {version}

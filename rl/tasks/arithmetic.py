@@ -18,6 +18,8 @@ one split never yields a problem of the other.
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +81,23 @@ class ArithmeticTask:
         return answers_equal(answer, problem.answer)
 
     def reward(self, problem: Problem, solution: str) -> float:
-        return float(self.is_correct(problem, self.extract_answer(solution)))
+        """1.0 iff the final answer is right and the working leading to it is right.
+
+        The working is right when every step is an expression of the gold value (each rewrite of
+        the expression keeps its value) and the last step is the value itself. Checking the steps
+        as well as the answer keeps "right answer, wrong working" out of the training data.
+        """
+        if not self.is_correct(problem, self.extract_answer(solution)):
+            return 0.0
+        gold = int(problem.answer)
+        steps: list[str] = []
+        for line in solution.split("\n"):
+            if line.startswith(ANSWER_PREFIX):
+                return float(bool(steps) and steps[-1] == str(gold))
+            if evaluate_expression(line) != gold:
+                return 0.0
+            steps.append(line)
+        return 0.0
 
     def generate(self, n: int, seed: int, split: str = "train") -> list[Problem]:
         if split not in ("train", "eval"):
@@ -114,8 +132,25 @@ class ArithmeticTask:
                        solution="\n".join(steps) + "\n")
 
 
+_EXPR_RE = re.compile(r"^[0-9+\-*()]{1,64}$")
+
+
+def evaluate_expression(text: str) -> int | None:
+    """Value of an integer expression of + - * and parentheses, or None if it is not one."""
+    if not _EXPR_RE.match(text) or "**" in text:  # no powers: 9**9**9 would never finish
+        return None
+    try:
+        with warnings.catch_warnings():  # "(1)(2)" warns before it fails
+            warnings.simplefilter("ignore")
+            value = eval(text, {"__builtins__": {}}, {})  # noqa: S307 - the pattern leaves only integer arithmetic
+    except (SyntaxError, TypeError, ValueError):
+        return None  # includes leading zeros such as "07"
+    return value if isinstance(value, int) else None
+
+
 def verify_expression(question: str, answer: str) -> bool:
-    """Check a gold answer against Python's own evaluation of the expression (tests use this)."""
-    if set(question) - set("0123456789+-*()"):
+    """Check a gold answer against the evaluation of its expression (tests use this)."""
+    value = evaluate_expression(question)
+    if value is None:
         raise ValueError(f"not an arithmetic expression: {question!r}")
-    return eval(question) == int(answer)  # noqa: S307 - the charset check above leaves only arithmetic
+    return value == int(answer)
