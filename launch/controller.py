@@ -151,6 +151,8 @@ class Controller:
         probs = self.task.generate(b.examples, self.cfg.seed + BOOTSTRAP_SEED_OFFSET, "train")
         prompts = [self.task.prompt(p) for p in probs]
         m = ray.get(self.learner.train_policy.remote(prompts, [p.solution for p in probs], steps=b.steps, lr=b.lr))
+        if self.cfg.model.value is None:  # the critic starts from the bootstrapped backbone
+            ray.get(self.learner.init_value_from_policy.remote())
         return {f"bootstrap/{k.split('/')[-1]}": v for k, v in m.items()}
 
     def _search_and_learn(self, r: int) -> dict:

@@ -5,6 +5,7 @@ A plain class (Ray wraps it in learners/actor.py). Losses and batches come from 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,14 +148,26 @@ class Learner:
         """HF folders for both models (safetensors) plus DeepSpeed engine state (optimizer included)."""
         out = Path(out_dir)
         for name, engine in (("policy", self.policy), ("value", self.value)):
-            if self.cfg.zero_stage == 3:
-                with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
-                    engine.module.save_pretrained(str(out / name))
-            else:
-                engine.module.save_pretrained(str(out / name))
-            self.tokenizer.save_pretrained(str(out / name))
+            self._save_hf(engine, out / name)
             engine.save_checkpoint(str(out / "deepspeed"), tag=name)
         (out / "learner.json").write_text(json.dumps({"version": self.version}))
+
+    def _save_hf(self, engine, path: Path) -> None:
+        if self.cfg.zero_stage == 3:  # parameters are partitioned: gather them first
+            with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+                engine.module.save_pretrained(str(path))
+        else:
+            engine.module.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+
+    def init_value_from_policy(self) -> None:
+        """Give the value critic the current policy's backbone (and a fresh head and optimizer).
+
+        Called after the bootstrap, so that the critic starts from a model that already reads the task.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            self._save_hf(self.policy, Path(tmp))
+            self.value = self._engine(load_value_model(tmp), self.cfg.value_lr)
 
     def load(self, ckpt_dir: str | Path) -> int:
         """Restore engine states and the version from a folder written by save()."""
