@@ -12,10 +12,24 @@ from rl.tasks.base import Problem, Task
 
 @dataclass
 class Models:
-    """What a search may call. reward is the verifier (labels available) or None (critic only)."""
+    """What a search may call.
+
+    Every critic has one batched method, `score(texts: list[str]) -> np.ndarray` ([len(texts)] floats
+    in [0, 1]); each reads its own kind of text:
+      value  V(s):    prompt + steps so far
+      prm    PRM(s):  prompt + steps so far, scoring the last step
+      orm    ORM(s):  prompt + a complete solution
+      q      Q(s, a): prompt + steps so far + one candidate next step
+    A search that needs a critic it was not given falls back to `value` (documented per method).
+    reward is the verifier (labels available) or None (critic only).
+    """
     policy: object                                   # rl.models.Policy interface: sample_steps, complete
-    value: object | None = None                      # rl.models.ValueCritic interface: score
+    value: object | None = None
     reward: Callable[[Problem, str], float] | None = None
+    prm: object | None = None
+    orm: object | None = None
+    q: object | None = None
+    rollout_policy: object | None = None             # a (smaller) policy for fast rollouts; None = policy
 
 
 @dataclass(frozen=True)
