@@ -71,16 +71,43 @@ class BootstrapConfig:
 
 @dataclass
 class SearchConfig:
-    method: Literal["greedy", "mcts"] = "mcts"
-    simulations: int = 16          # MCTS simulations per problem
-    branching: int = 3             # candidate steps sampled per expansion
-    c_uct: float = 1.0             # UCT exploration constant
-    max_depth: int = 8             # steps; a deeper node is terminal with reward 0
-    temperature: float = 1.0       # sampling temperature of expansions
+    """One flat section for every search method; a field used by one method only says which."""
+    method: Literal["greedy", "sc", "wvote", "bon", "beam", "mcts", "astar"] = "mcts"  # = rl.search.SEARCHES
+    max_tokens: int = 0            # token budget per problem (0 = unlimited); no generation starts past it
+    temperature: float = 1.0       # sampling temperature of candidate steps
     step_max_tokens: int = 24      # a step longer than this is cut
-    max_tokens: int = 0            # token budget per problem (0 = unlimited)
-    final: Literal["visits", "value"] = "visits"
-    reward: Literal["verifier", "critic"] = "verifier"  # terminal score while training
+    max_depth: int = 8             # steps; a deeper node is terminal with reward 0
+    reward: Literal["verifier", "critic"] = "verifier"  # terminal score while training; eval never uses labels
+    # mcts (AlphaLLM's ηMCTS; the defaults are plain MCTS)
+    simulations: int = 16
+    branching: int = 3             # children per expansion when adaptive branching is off
+    selection: Literal["uct", "puct"] = "uct"
+    c_uct: float = 1.0             # exploration constant of UCT / PUCT
+    adaptive: bool = False         # importance-weighted adaptive branching (AlphaLLM eq. 4-5)
+    alpha: float = 4.0
+    c_min_root: int = 2
+    c_max_root: int = 6
+    c_min: int = 1
+    c_max: int = 3
+    merge_threshold: float = 0.0   # normalised edit distance under which sibling steps merge
+    rollouts: int = 0              # fast rollouts per evaluated leaf
+    rollout_temperature: float = 1.0
+    beta_value: float = 1.0        # leaf score = b_value V + b_prm PRM + b_orm mean rollout score
+    beta_prm: float = 0.0
+    beta_orm: float = 0.0
+    max_terminals: int = 0         # stop after this many terminal nodes were visited (0 = off)
+    final: Literal["visits", "value", "vote"] = "visits"
+    # sc, wvote, bon
+    samples: int = 8
+    # beam
+    beam_width: int = 3
+    beam_expand: int = 3           # steps sampled per live beam
+    # astar (Q*)
+    astar_top_k: int = 6
+    astar_lam: float = 1.0
+    astar_g_agg: Literal["min", "max", "sum", "last", "zero"] = "min"
+    astar_g_source: Literal["prm", "zero"] = "prm"
+    astar_max_expansions: int = 32
 
 
 @dataclass

@@ -43,3 +43,11 @@ def test_cli_reports_config_errors_before_work(tmp_path, capsys):
     assert main(["train", REPO_CONFIG, f"run_dir={tmp_path / 'r'}", "search.c_uct=abc"]) == 2
     assert "search.c_uct" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()                                     # nothing was started or written
+
+
+def test_search_method_choices_match_the_registry():
+    import typing
+
+    from rl.config import SearchConfig
+    from rl.search import SEARCHES
+    assert set(typing.get_args(typing.get_type_hints(SearchConfig)["method"])) == set(SEARCHES)

@@ -1,20 +1,44 @@
-"""Search methods behind one protocol; chosen by name from SEARCHES."""
+"""Search methods behind one protocol; chosen by name from SEARCHES and built from a SearchConfig."""
+import dataclasses
+
+from rl.search.astar import AStar
+from rl.search.beam import StepBeam
 from rl.search.greedy import Greedy, greedy_batch
 from rl.search.mcts import MCTS
-from rl.search.tree import Tree, backup, uct_select
+from rl.search.sampling import BestOfN, SelfConsistency, WeightedVote
+from rl.search.tree import Tree, backup, puct_select, uct_select
 from rl.search.types import Budget, Models, Search, SearchResult, Spent
 
-SEARCHES = {"greedy": Greedy, "mcts": MCTS}
+SEARCHES = {"greedy": Greedy, "sc": SelfConsistency, "wvote": WeightedVote, "bon": BestOfN, "beam": StepBeam,
+            "mcts": MCTS, "astar": AStar}
 
-__all__ = ["SEARCHES", "Budget", "build_search", "Greedy", "MCTS", "Models", "Search", "SearchResult", "Spent", "Tree",
-           "backup", "greedy_batch", "uct_select"]
+# method field -> SearchConfig field, where the names differ (the rest share their names)
+_CONFIG_NAMES = {
+    "sc": {"n": "samples"}, "wvote": {"n": "samples"}, "bon": {"n": "samples"},
+    "beam": {"expand": "beam_expand"},
+    "astar": {"top_k": "astar_top_k", "lam": "astar_lam", "g_agg": "astar_g_agg", "g_source": "astar_g_source",
+              "max_expansions": "astar_max_expansions"},
+}
+
+__all__ = ["SEARCHES", "AStar", "BestOfN", "Budget", "Greedy", "MCTS", "Models", "Search", "SearchResult",
+           "SelfConsistency", "Spent", "StepBeam", "Tree", "WeightedVote", "backup", "build_search",
+           "greedy_batch", "puct_select", "uct_select"]
 
 
 def build_search(method: str, cfg) -> Search:
-    """A search of the named method with hyperparameters from a SearchConfig."""
-    if method == "greedy":
-        return Greedy(max_new_tokens=cfg.step_max_tokens * cfg.max_depth)
-    if method == "mcts":
-        return MCTS(simulations=cfg.simulations, branching=cfg.branching, c_uct=cfg.c_uct, max_depth=cfg.max_depth,
-                    temperature=cfg.temperature, step_max_tokens=cfg.step_max_tokens, final=cfg.final)
-    raise ValueError(f"unknown search method {method!r}; known: {', '.join(SEARCHES)}")
+    """A search of the named method, its hyperparameters taken from a SearchConfig by field name.
+
+    A whole-solution length cap (`max_new_tokens`) is step_max_tokens * max_depth.
+    """
+    if method not in SEARCHES:
+        raise ValueError(f"unknown search method {method!r}; known: {', '.join(SEARCHES)}")
+    cls = SEARCHES[method]
+    names = _CONFIG_NAMES.get(method, {})
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        source = names.get(f.name, f.name)
+        if f.name == "max_new_tokens":
+            kwargs[f.name] = cfg.step_max_tokens * cfg.max_depth
+        elif hasattr(cfg, source):
+            kwargs[f.name] = getattr(cfg, source)
+    return cls(**kwargs)

@@ -1,51 +1,111 @@
-"""MCTS over reasoning steps (AlphaLLM's option-level MCTS, in its plainest form).
+"""ηMCTS over reasoning steps (AlphaLLM, Tian et al. 2024, §4.3).
 
-A node is a step that ends at a newline. Each simulation selects down the tree
-by UCT, expands the first unexpanded node it meets by sampling `branching`
-candidate steps from the policy, scores that node with the value critic (or, at
-a terminal node, with the reward), and backs the score up to the root.
+A node is an option: a step whose end the task's termination function decides
+(a newline for the embedded task). Each simulation
+  1. selects down the tree by UCT or PUCT; a node whose target width has grown
+     on this visit first gets new children (importance-weighted adaptive branching),
+  2. expands the first unexpanded node it meets by sampling candidate steps,
+     merging a candidate into an equivalent sibling instead of adding it (state merge),
+  3. evaluates that node: β_value·V(s) + β_prm·PRM(s) + β_orm·(mean score of fast rollouts),
+     or, at a terminal node, the reward (the verifier, when labels are allowed) or the critics,
+  4. backs the score up to the root.
+With the defaults (fixed width, no merge beyond identical text, V only) this is plain MCTS.
 """
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
-from rl.search.tree import Tree, backup, uct_select
+from rl.search.tree import Tree, backup, puct_select, uct_select
 from rl.search.types import Budget, Models, SearchResult, Spent
 from rl.tasks.base import Problem, Task
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings (O(len(a)·len(b)), steps are short)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def equivalent_by_edit_distance(a: str, b: str, threshold: float) -> bool:
+    """True when the normalised edit distance of two steps is at most threshold (0 = identical only)."""
+    if a == b:
+        return True
+    if threshold <= 0:
+        return False
+    return edit_distance(a.strip(), b.strip()) / max(len(a.strip()), len(b.strip()), 1) <= threshold
+
+
+def adaptive_width(importance: float, *, alpha: float, c_min: int, c_max: int) -> int:
+    """AlphaLLM eq. 5: n(s) = max(c_min, min(floor(alpha·I(s)) + 1, c_max))."""
+    return max(c_min, min(math.floor(alpha * importance) + 1, c_max))
+
+
+def importance(tree: Tree, node: int) -> float:
+    """AlphaLLM eq. 4: I(s) = max over visited children |v(child) - v(s)|; 0 without visited children."""
+    kids = [k for k in tree.children[node] if tree.visits[k] > 0]
+    if not kids or tree.visits[node] == 0:
+        return 0.0
+    v = tree.q(node)
+    return max(abs(tree.q(k) - v) for k in kids)
 
 
 @dataclass(frozen=True)
 class MCTS:
     simulations: int = 16
-    branching: int = 3
-    c_uct: float = 1.0
+    branching: int = 3                      # children per expansion when adaptive branching is off
+    selection: Literal["uct", "puct"] = "uct"
+    c_uct: float = 1.0                      # exploration constant of UCT or PUCT
+    adaptive: bool = False                  # importance-weighted adaptive branching
+    alpha: float = 4.0                      # width gain per unit of importance (eq. 5)
+    c_min_root: int = 2
+    c_max_root: int = 6
+    c_min: int = 1
+    c_max: int = 3
+    merge_threshold: float = 0.0            # normalised edit distance under which siblings merge
+    equivalent: Callable[[str, str], bool] | None = None  # pluggable step equivalence; overrides the threshold
+    rollouts: int = 0                       # fast rollouts per evaluated leaf
+    rollout_temperature: float = 1.0
+    beta_value: float = 1.0
+    beta_prm: float = 0.0
+    beta_orm: float = 0.0
     max_depth: int = 8
     temperature: float = 1.0
     step_max_tokens: int = 24
-    final: Literal["visits", "value"] = "visits"
+    max_terminals: int = 0                  # stop once this many terminal nodes were visited (0 = off)
+    final: Literal["visits", "value", "vote"] = "visits"
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:
+        self._check(models)
         t0 = time.perf_counter()
         tree = Tree(task.prompt(problem))
         spent = Spent()
         for _ in range(self.simulations):
             if budget.max_tokens and spent.generated_tokens >= budget.max_tokens:
                 break
-            node = 0
-            while tree.expanded[node] and tree.children[node]:
-                node = uct_select(tree, node, c=self.c_uct)
+            found = tree.terminal[:tree.size] & (tree.visits[:tree.size] > 0)
+            if self.max_terminals and int(found.sum()) >= self.max_terminals:
+                break
+            node = self._select(tree, task, models, spent, rng, budget)
             if tree.terminal[node]:
                 score = self._terminal_score(tree, node, problem, models, spent)
             else:
-                self._expand(tree, node, task, models, spent, rng)
-                score = self._evaluate(tree, node, models, spent)
+                self._add_children(tree, node, self._width(tree, node), task, models, spent, rng)
+                tree.expanded[node] = True
+                score = self._evaluate(tree, node, problem, models, spent, rng)
             backup(tree, node, score)
-        chosen = self._choose(tree)
+        chosen = self._choose(tree, task)
         solution = tree.steps(chosen)
         if not tree.terminal[chosen]:  # the chosen path stops short of an answer: finish it greedily
             done = models.policy.complete([tree.state(chosen)], max_new_tokens=self.step_max_tokens * self.max_depth)[0]
@@ -55,46 +115,137 @@ class MCTS:
         return SearchResult(answer=task.extract_answer(solution), solution=solution, tree=tree,
                             chosen=chosen, spent=spent)
 
-    def _expand(self, tree: Tree, node: int, task: Task, models: Models, spent: Spent,
-                rng: np.random.Generator) -> None:
-        samples = models.policy.sample_steps([tree.state(node)], self.branching, temperature=self.temperature,
+    def _check(self, models: Models) -> None:
+        if self.beta_value and models.value is None:
+            raise ValueError("MCTS with beta_value > 0 needs a value critic (models.value)")
+        if self.beta_prm and models.prm is None:
+            raise ValueError("MCTS with beta_prm > 0 needs a PRM (models.prm)")
+        if self.beta_orm and not self.rollouts:
+            raise ValueError("MCTS with beta_orm > 0 needs rollouts > 0 (the ORM scores fast rollouts)")
+
+    # ---- selection and width -----------------------------------------------------------
+    def _width(self, tree: Tree, node: int) -> int:
+        if not self.adaptive:
+            return self.branching
+        c_min, c_max = (self.c_min_root, self.c_max_root) if node == 0 else (self.c_min, self.c_max)
+        return adaptive_width(importance(tree, node), alpha=self.alpha, c_min=c_min, c_max=c_max)
+
+    def _select(self, tree: Tree, task: Task, models: Models, spent: Spent, rng: np.random.Generator,
+                budget: Budget) -> int:
+        node = 0
+        while tree.expanded[node] and not tree.terminal[node]:
+            want = self._width(tree, node)
+            within_budget = not budget.max_tokens or spent.generated_tokens < budget.max_tokens
+            if self.adaptive and len(tree.children[node]) < want and within_budget:
+                self._add_children(tree, node, want - len(tree.children[node]), task, models, spent, rng)
+            if not tree.children[node]:
+                break
+            select = puct_select if self.selection == "puct" else uct_select
+            node = select(tree, node, c=self.c_uct)
+        return node
+
+    def _add_children(self, tree: Tree, node: int, n: int, task: Task, models: Models, spent: Spent,
+                      rng: np.random.Generator) -> None:
+        samples = models.policy.sample_steps([tree.state(node)], n, temperature=self.temperature,
                                              max_new_tokens=self.step_max_tokens,
                                              seed=int(rng.integers(2**31)))[0]
-        seen = {tree.text[c] for c in tree.children[node]}
         for s in samples:
             spent.generated_tokens += s.num_tokens
-            if s.text in seen:  # identical sibling: merged (no new node)
+            twin = self._equivalent_sibling(tree, node, s.text)
+            if twin is not None:  # state merge: the sample adds nothing new
+                tree.merged[twin] += 1
                 continue
-            seen.add(s.text)
             ended = task.is_terminal(s.text) or not s.text.endswith("\n")
-            child = tree.add_child(node, s.text, logprob=s.logprob, terminal=ended)
+            child = tree.add_child(node, s.text, logprob=s.logprob, num_tokens=s.num_tokens, terminal=ended)
             if not ended and tree.depth[child] >= self.max_depth:
                 tree.terminal[child] = True  # out of steps: no answer, the reward scores it 0
-        tree.expanded[node] = True
 
-    def _evaluate(self, tree: Tree, node: int, models: Models, spent: Spent) -> float:
-        if models.value is None:
-            raise ValueError("MCTS needs a value critic to score non-terminal leaves")
-        score = float(models.value.score([tree.state(node)])[0])
-        spent.critic_calls += 1
+    def _equivalent_sibling(self, tree: Tree, node: int, text: str) -> int | None:
+        for k in tree.children[node]:
+            same = (self.equivalent(tree.text[k], text) if self.equivalent is not None
+                    else equivalent_by_edit_distance(tree.text[k], text, self.merge_threshold))
+            if same:
+                return k
+        return None
+
+    # ---- evaluation ------------------------------------------------------------------
+    def _evaluate(self, tree: Tree, node: int, problem: Problem, models: Models, spent: Spent,
+                  rng: np.random.Generator) -> float:
+        """β_value·V(s) + β_prm·PRM(s) + β_orm·mean fast-rollout score (AlphaLLM eq. 6)."""
+        state = tree.state(node)
+        score = 0.0
+        if self.beta_value:
+            score += self.beta_value * float(models.value.score([state])[0])
+            spent.critic_calls += 1
+        if self.beta_prm:
+            tree.prm[node] = float(models.prm.score([state])[0])
+            spent.critic_calls += 1
+            score += self.beta_prm * tree.prm[node]
+        if self.beta_orm:
+            tree.orm[node] = self._rollout_score(tree, node, problem, models, spent, rng)
+            score += self.beta_orm * tree.orm[node]
         tree.evaluation[node] = score
         return score
+
+    def _rollout_score(self, tree: Tree, node: int, problem: Problem, models: Models, spent: Spent,
+                       rng: np.random.Generator) -> float:
+        """Mean score of `rollouts` completions from node by the rollout policy (fast rollout, §4.3).
+
+        A rollout is scored by the reward when labels are allowed, else by the ORM (or V).
+        """
+        policy = models.rollout_policy or models.policy
+        state = tree.state(node)
+        outs = [policy.complete([state], max_new_tokens=self.step_max_tokens * self.max_depth,
+                                temperature=self.rollout_temperature, seed=int(rng.integers(2**31)))[0]
+                for _ in range(self.rollouts)]
+        spent.generated_tokens += sum(o.num_tokens for o in outs)
+        steps = tree.steps(node)
+        if models.reward is not None:
+            return float(np.mean([models.reward(problem, steps + o.text) for o in outs]))
+        scorer = models.orm or models.value
+        spent.critic_calls += len(outs)
+        return float(np.mean(scorer.score([state + o.text for o in outs])))
 
     def _terminal_score(self, tree: Tree, node: int, problem: Problem, models: Models, spent: Spent) -> float:
         if np.isnan(tree.evaluation[node]):
             if models.reward is not None:
                 tree.reward[node] = models.reward(problem, tree.steps(node))
                 tree.evaluation[node] = tree.reward[node]
-            else:
-                self._evaluate(tree, node, models, spent)
+            else:  # critic only: the critics score the finished solution (rollouts have nothing to add)
+                score, weight = 0.0, 0.0
+                if self.beta_value:
+                    score += self.beta_value * float(models.value.score([tree.state(node)])[0])
+                    weight += self.beta_value
+                    spent.critic_calls += 1
+                if models.orm is not None and self.beta_orm:
+                    tree.orm[node] = float(models.orm.score([tree.state(node)])[0])
+                    score += self.beta_orm * tree.orm[node]
+                    weight += self.beta_orm
+                    spent.critic_calls += 1
+                if self.beta_prm:
+                    tree.prm[node] = float(models.prm.score([tree.state(node)])[0])
+                    score += self.beta_prm * tree.prm[node]
+                    weight += self.beta_prm
+                    spent.critic_calls += 1
+                tree.evaluation[node] = score / weight if weight else 0.0
         return float(tree.evaluation[node])
 
-    def _choose(self, tree: Tree) -> int:
-        """The leaf of the final answer: most-visited path, or best-scored terminal node."""
-        if self.final == "value":
-            term = [i for i in range(tree.size) if tree.terminal[i] and not np.isnan(tree.evaluation[i])]
-            if term:
-                return max(term, key=lambda i: (tree.evaluation[i], tree.visits[i]))
+    # ---- the answer ------------------------------------------------------------------
+    def _choose(self, tree: Tree, task: Task) -> int:
+        """The leaf of the final answer: most-visited path, best-scored terminal, or a visit-weighted vote."""
+        term = [i for i in range(tree.size) if tree.terminal[i] and not np.isnan(tree.evaluation[i])]
+        if self.final == "value" and term:
+            return max(term, key=lambda i: (tree.evaluation[i], tree.visits[i]))
+        if self.final == "vote" and term:
+            votes: Counter = Counter()
+            for i in term:
+                ans = task.extract_answer(tree.steps(i))
+                if ans is not None:
+                    votes[ans] += int(tree.visits[i])
+            if votes:
+                best = votes.most_common(1)[0][0]
+                return max((i for i in term if task.extract_answer(tree.steps(i)) == best),
+                           key=lambda i: (tree.visits[i], tree.evaluation[i]))
         node = 0
         while tree.children[node]:
             node = max(tree.children[node], key=lambda k: (tree.visits[k], tree.q(k)))

@@ -17,6 +17,12 @@ def _grow(a: np.ndarray, fill) -> np.ndarray:
     return out
 
 
+# fill value of every per-node array, used when the arrays grow
+_FILLS = {"parent": -1, "depth": 0, "visits": 0, "value_sum": 0.0, "logprob": 0.0, "num_tokens": 0,
+          "evaluation": np.nan, "prm": np.nan, "orm": np.nan, "reward": np.nan, "merged": 0,
+          "terminal": False, "expanded": False}
+
+
 @dataclass
 class Tree:
     prompt: str
@@ -25,26 +31,30 @@ class Tree:
     visits: np.ndarray = field(default_factory=lambda: np.zeros(16, np.int32))        # [N]
     value_sum: np.ndarray = field(default_factory=lambda: np.zeros(16, np.float64))   # [N] sum of backed-up scores
     logprob: np.ndarray = field(default_factory=lambda: np.zeros(16, np.float64))     # [N] log p(step | parent)
+    num_tokens: np.ndarray = field(default_factory=lambda: np.zeros(16, np.int32))    # [N] tokens of the step
     evaluation: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))       # [N] leaf score when evaluated
+    prm: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))              # [N] PRM score, nan if unused
+    orm: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))              # [N] mean rollout/ORM score
     reward: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))           # [N] terminal reward, nan if none
+    merged: np.ndarray = field(default_factory=lambda: np.zeros(16, np.int32))        # [N] samples merged into node
     terminal: np.ndarray = field(default_factory=lambda: np.zeros(16, bool))          # [N]
     expanded: np.ndarray = field(default_factory=lambda: np.zeros(16, bool))          # [N]
     text: list[str] = field(default_factory=lambda: [""])                             # step leading to node i
     children: list[list[int]] = field(default_factory=lambda: [[]])
     size: int = 1
 
-    def add_child(self, parent: int, text: str, *, logprob: float = 0.0, terminal: bool = False) -> int:
+    def add_child(self, parent: int, text: str, *, logprob: float = 0.0, num_tokens: int = 0,
+                  terminal: bool = False) -> int:
         """Append a node under parent; return its id."""
         if self.size == len(self.parent):
-            for name, fill in (("parent", -1), ("depth", 0), ("visits", 0), ("value_sum", 0.0),
-                               ("logprob", 0.0), ("evaluation", np.nan), ("reward", np.nan),
-                               ("terminal", False), ("expanded", False)):
+            for name, fill in _FILLS.items():
                 setattr(self, name, _grow(getattr(self, name), fill))
         i = self.size
         self.size += 1
         self.parent[i] = parent
         self.depth[i] = self.depth[parent] + 1
         self.logprob[i] = logprob
+        self.num_tokens[i] = num_tokens
         self.terminal[i] = terminal
         self.text.append(text)
         self.children.append([])
@@ -72,13 +82,16 @@ class Tree:
         return self.prompt + self.steps(node)
 
     def to_json(self, chosen: int | None = None) -> dict:
-        """Plain-data export: one record per node, plus the chosen path."""
-        n = self.size
+        """Plain-data export: one record per node (nan scores as None), plus the chosen path."""
+        def num(x) -> float | None:
+            return None if math.isnan(x) else float(x)
+
         nodes = [{"id": i, "parent": int(self.parent[i]), "depth": int(self.depth[i]), "text": self.text[i],
-                  "visits": int(self.visits[i]), "value": self.q(i),
-                  "evaluation": None if math.isnan(self.evaluation[i]) else float(self.evaluation[i]),
-                  "reward": None if math.isnan(self.reward[i]) else float(self.reward[i]),
-                  "terminal": bool(self.terminal[i]), "logprob": float(self.logprob[i])} for i in range(n)]
+                  "visits": int(self.visits[i]), "value": self.q(i), "evaluation": num(self.evaluation[i]),
+                  "prm": num(self.prm[i]), "orm": num(self.orm[i]), "reward": num(self.reward[i]),
+                  "merged": int(self.merged[i]), "terminal": bool(self.terminal[i]),
+                  "logprob": float(self.logprob[i]), "num_tokens": int(self.num_tokens[i])}
+                 for i in range(self.size)]
         return {"prompt": self.prompt, "nodes": nodes, "chosen_path": self.path(chosen) if chosen is not None else []}
 
 
@@ -87,6 +100,23 @@ def backup(tree: Tree, leaf: int, score: float) -> None:
     for i in tree.path(leaf):
         tree.visits[i] += 1
         tree.value_sum[i] += score
+
+
+def puct_select(tree: Tree, node: int, *, c: float) -> int:
+    """Child maximising Q + c * P * sqrt(N(node)) / (1 + N(child)) (PUCT, Silver et al. 2017).
+
+    P is the policy's prior of each sibling step: a softmax over the siblings' per-token
+    log-probabilities (per token, so that long steps are not penalised for their length).
+    """
+    kids = tree.children[node]
+    if not kids:
+        raise ValueError(f"node {node} has no children")
+    lp = np.array([tree.logprob[k] / max(int(tree.num_tokens[k]), 1) for k in kids])
+    prior = np.exp(lp - lp.max())
+    prior /= prior.sum()
+    sqrt_n = math.sqrt(max(int(tree.visits[node]), 1))
+    scores = [tree.q(k) + c * p * sqrt_n / (1 + tree.visits[k]) for k, p in zip(kids, prior)]
+    return kids[int(np.argmax(scores))]
 
 
 def uct_select(tree: Tree, node: int, *, c: float) -> int:

@@ -1,0 +1,246 @@
+"""A* over reasoning steps, guided by a Q-value heuristic (Q*, Wang et al. 2024).
+
+Reasoning is a deterministic MDP (Q* §3): a state s is the prompt plus the steps so
+far, an action a is the next step. A* keeps one open set over states of every depth and
+always pops the state with the largest
+
+    f(s) = g(s) + lam * h(s)                              (Q* §4: A* with a learned heuristic)
+    g(s) = Agg(r_1, ..., r_t),  r_i = PRM(prompt + steps 1..i)     (Q* §4: utility aggregation)
+    h(s) = max_{a in top-K(pi(.|s))} Q(s, a)               (Q* §4: h from the optimal Q-value)
+
+with Agg one of min / max / sum / last / zero (g = 0 at the root, which has no steps).
+Rewards and Q are "higher is better", so the open set is a max-heap on f.
+
+Design choices:
+- Candidates are sampled when a state is *pushed*: its K steps are drawn once, scored by Q
+  (that gives h(s)) and stored; when the state is popped those same steps become its
+  children and are pushed in turn. So each step is generated once and used twice (for h
+  of its parent, then as a child); the cost is that a pushed state's K steps are drawn
+  even if it is never popped, since its h needs them.
+  Identical samples under one state are one candidate (one child, one Q call).
+- A terminal state (an answer step, a step without a newline, or a non-terminal step at
+  max_depth, which then has no answer) gets h = 0, so f = g: nothing comes after it (Q*
+  §3: the episode ends), and with an optimistic heuristic (f of every open state >= the
+  best f of any terminal below it) the first terminal popped is the best one. With
+  g_source="zero" every terminal has f = 0 and the search is best-first on h over the
+  non-terminal frontier; terminals are then taken in the order they were pushed.
+- Ties in f go to the state pushed first: the heap holds (-f, node id) and node ids
+  are handed out in push order.
+- The search stops at the first terminal popped, after max_expansions pops, or, before a
+  pop, once spent.generated_tokens >= budget.max_tokens (0 = no cap); one batched policy
+  call that starts under the cap runs to the end; the root's candidates are always drawn. Without
+  a popped terminal the answer is the best open state (the next one A* would pop),
+  completed greedily by the policy when it is not terminal; that completion always runs so
+  every result carries a full solution, and may overshoot the cap.
+- Critics: g reads models.prm (fallback models.value; not called when g_source="zero" or
+  g_agg="zero"), h reads models.q (fallback models.value); both are checked before any
+  generation. critic_calls counts texts scored, one per (state) or (state, step).
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import numpy as np
+
+from rl.search.tree import Tree
+from rl.search.types import Budget, Models, SearchResult, Spent
+from rl.tasks.base import Problem, Task
+
+if TYPE_CHECKING:  # rl.models.policy imports torch; search code only reads the dataclass
+    from rl.models.policy import StepSample
+
+AGGREGATIONS = ("min", "max", "sum", "last", "zero")
+G_SOURCES = ("prm", "zero")
+
+
+def aggregate(rewards: Sequence[float], agg: str) -> float:
+    """g(s): the per-step rewards r_1..r_t of a path folded into one utility (Q* §4).
+
+    An empty path (the root) and agg="zero" give 0.
+    """
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {agg!r}; known: {', '.join(AGGREGATIONS)}")
+    if agg == "zero" or len(rewards) == 0:
+        return 0.0
+    if agg == "min":
+        return float(min(rewards))
+    if agg == "max":
+        return float(max(rewards))
+    if agg == "sum":
+        return float(sum(rewards))
+    return float(rewards[-1])  # last
+
+
+def heuristic(q_values: Sequence[float]) -> float:
+    """h(s) = max over the candidate steps' Q(s, a) (Q* §4); 0 when s has no candidates."""
+    return float(max(q_values)) if len(q_values) else 0.0
+
+
+def f_score(g: float, h: float, *, lam: float) -> float:
+    """f(s) = g(s) + lam * h(s) (Q* §4)."""
+    return g + lam * h
+
+
+@dataclass
+class AStarResult(SearchResult):
+    """A SearchResult plus the A* bookkeeping, per node id ([N] = tree.size); f is in tree.evaluation."""
+    popped: list[int] = field(default_factory=list)                 # node ids in pop (expansion) order
+    g: np.ndarray = field(default_factory=lambda: np.zeros(0))      # [N] aggregated process reward
+    h: np.ndarray = field(default_factory=lambda: np.zeros(0))      # [N] max Q over the node's candidates
+    q: np.ndarray = field(default_factory=lambda: np.zeros(0))      # [N] Q(parent, step of node); nan at the root
+    step_reward: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] r of node's step; nan if unscored
+
+
+@dataclass
+class _State:
+    """The open heap and per-node search state, indexed by node id (lists: they grow with the tree)."""
+    step_reward: list[float] = field(default_factory=lambda: [float("nan")])
+    g: list[float] = field(default_factory=lambda: [0.0])
+    h: list[float] = field(default_factory=lambda: [0.0])
+    q: list[float] = field(default_factory=lambda: [float("nan")])
+    candidates: dict[int, list[tuple[StepSample, float]]] = field(default_factory=dict)  # open node -> [(step, Q)]
+    heap: list[tuple[float, int]] = field(default_factory=list)  # (-f, node id); ids follow push order
+
+    def grow(self, size: int) -> None:
+        """Pad the per-node lists to `size` nodes (new nodes: unscored, g = h = 0)."""
+        for name, fill in (("step_reward", float("nan")), ("g", 0.0), ("h", 0.0), ("q", float("nan"))):
+            values = getattr(self, name)
+            values += [fill] * (size - len(values))
+
+
+@dataclass(frozen=True)
+class AStar:
+    """Q* (Wang et al. 2024, §4): A* on f(s) = g(s) + lam * h(s), h(s) = max over top-K steps of Q(s, a)."""
+    top_k: int = 6                  # candidate steps sampled per state (the K of h's top-K)
+    lam: float = 1.0                # weight of the heuristic; 0 = best-first on g
+    g_agg: Literal["min", "max", "sum", "last", "zero"] = "min"
+    g_source: Literal["prm", "zero"] = "prm"   # where per-step rewards come from; "zero" = best-first on h
+    max_expansions: int = 32        # states popped at most (the root included)
+    temperature: float = 1.0
+    step_max_tokens: int = 24
+    max_depth: int = 8              # a non-terminal step at this depth ends the path with no answer
+
+    def __post_init__(self):
+        if self.g_agg not in AGGREGATIONS:
+            raise ValueError(f"AStar.g_agg={self.g_agg!r}; known: {', '.join(AGGREGATIONS)}")
+        if self.g_source not in G_SOURCES:
+            raise ValueError(f"AStar.g_source={self.g_source!r}; known: {', '.join(G_SOURCES)}")
+        for name in ("top_k", "max_expansions", "max_depth", "step_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AStar.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lam < 0:
+            raise ValueError(f"AStar.lam must be >= 0 (a negative weight prefers states Q rates low), got {self.lam}")
+
+    def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
+                 rng: np.random.Generator) -> AStarResult:
+        prm, q_critic = self._critics(models)  # before sampling: fail without spending tokens
+        t0 = time.perf_counter()
+        tree = Tree(task.prompt(problem))
+        spent = Spent()
+        st = _State()
+        self._push(tree, [0], st, task, models, prm, q_critic, spent, rng)
+
+        popped: list[int] = []
+        chosen = None
+        while st.heap and len(popped) < self.max_expansions:
+            if budget.max_tokens and spent.generated_tokens >= budget.max_tokens:
+                break  # pushing children samples their candidates: no new generation past the cap
+            _, node = heapq.heappop(st.heap)
+            popped.append(node)
+            tree.visits[node] = 1  # exports show which states A* expanded; `popped` keeps the order
+            if tree.terminal[node]:
+                chosen = node
+                break
+            candidates = st.candidates.pop(node)  # sampled when node was pushed: its children now
+            children = [tree.add_child(node, s.text, logprob=s.logprob, terminal=self._ends(task, s.text, tree, node))
+                        for s, _ in candidates]
+            st.grow(tree.size)
+            for child, (_, q) in zip(children, candidates):
+                st.q[child] = q
+            tree.expanded[node] = True
+            self._push(tree, children, st, task, models, prm, q_critic, spent, rng)
+
+        solution_tail = ""
+        if chosen is None:
+            if st.heap:
+                chosen = st.heap[0][1]  # the best open state: the one A* would pop next
+            else:  # every state was popped and none had candidates: the best f anywhere (first of equals)
+                chosen = int(np.argmax(tree.evaluation[:tree.size]))
+            if not tree.terminal[chosen]:  # stops short of an answer: finish it greedily
+                done = models.policy.complete([tree.state(chosen)], temperature=0.0,
+                                              max_new_tokens=self.step_max_tokens * self.max_depth)[0]
+                spent.generated_tokens += done.num_tokens
+                solution_tail = done.text
+        solution = tree.steps(chosen) + solution_tail
+        spent.seconds = time.perf_counter() - t0
+        return AStarResult(answer=task.extract_answer(solution), solution=solution, tree=tree, chosen=chosen,
+                           spent=spent, popped=popped, g=np.array(st.g), h=np.array(st.h), q=np.array(st.q),
+                           step_reward=np.array(st.step_reward))
+
+    def _critics(self, models: Models) -> tuple[object | None, object]:
+        """(PRM, or None when g is 0 by construction; Q critic). ValueError naming every missing critic."""
+        missing = []
+        q_critic = models.q if models.q is not None else models.value
+        if q_critic is None:
+            missing.append("models.q (h = max Q(s, a))")
+        prm = None
+        if self.g_source == "prm" and self.g_agg != "zero":  # g = 0 otherwise: no rewards to read
+            prm = models.prm if models.prm is not None else models.value
+            if prm is None:
+                missing.append('models.prm (g with g_source="prm")')
+        if missing:
+            raise ValueError(f"AStar needs {' and '.join(missing)}; it is None and so is the fallback models.value")
+        return prm, q_critic
+
+    def _ends(self, task: Task, text: str, tree: Tree, parent: int) -> bool:
+        """True when a step ends its path: an answer, no newline (EOS or truncated), or max_depth reached."""
+        return task.is_terminal(text) or not text.endswith("\n") or tree.depth[parent] + 1 >= self.max_depth
+
+    def _push(self, tree: Tree, nodes: list[int], st: _State, task: Task, models: Models, prm, q_critic,
+              spent: Spent, rng: np.random.Generator) -> None:
+        """Give each new node g, candidates, h and f, and put it on the open heap (in id order).
+
+        One batched call each: PRM on the nodes, policy on the non-terminal nodes, Q on all
+        (node, candidate) pairs.
+        """
+        stepped = [i for i in nodes if i > 0]  # the root has no step to reward
+        if prm is not None and stepped:
+            rewards = np.asarray(prm.score([tree.state(i) for i in stepped]), dtype=np.float64)  # [len(stepped)]
+            spent.critic_calls += len(stepped)
+            for i, r in zip(stepped, rewards):
+                st.step_reward[i] = float(r)
+        for i in nodes:
+            path_rewards = [st.step_reward[j] for j in tree.path(i)[1:]]
+            st.g[i] = aggregate(path_rewards, self.g_agg) if prm is not None else 0.0
+
+        live = [i for i in nodes if not tree.terminal[i]]
+        if live:
+            samples = models.policy.sample_steps([tree.state(i) for i in live], self.top_k,
+                                                 temperature=self.temperature, max_new_tokens=self.step_max_tokens,
+                                                 seed=int(rng.integers(2**31)))
+            pairs: list[tuple[int, StepSample]] = []  # (node, StepSample), distinct texts per node
+            for i, steps in zip(live, samples):
+                seen = set()
+                for s in steps:
+                    spent.generated_tokens += s.num_tokens
+                    if s.text in seen:  # identical sibling: one candidate, one child
+                        continue
+                    seen.add(s.text)
+                    pairs.append((i, s))
+            q_values = np.asarray(q_critic.score([tree.state(i) + s.text for i, s in pairs]),
+                                  dtype=np.float64) if pairs else np.zeros(0)  # [len(pairs)]
+            spent.critic_calls += len(pairs)
+            for i in live:
+                st.candidates[i] = []
+            for (i, s), qv in zip(pairs, q_values):
+                st.candidates[i].append((s, float(qv)))
+            for i in live:
+                st.h[i] = heuristic([qv for _, qv in st.candidates[i]])
+
+        for i in nodes:  # terminals keep h = 0, so f = g
+            f = f_score(st.g[i], st.h[i], lam=self.lam)
+            tree.evaluation[i] = f
+            heapq.heappush(st.heap, (-f, i))
