@@ -45,8 +45,10 @@ class RolloutPool:
                 next_chunk += 1
         return results
 
-    def search(self, problems: list[Problem], progress=None) -> list[RolloutBatch]:
-        return self._map(problems, lambda a, c: a.search.remote(c, use_reward=True), progress)
+    def search(self, problems: list[Problem], progress=None, export_trees: int = 0) -> list[RolloutBatch]:
+        """Search every problem with labels allowed; each chunk exports up to export_trees trees."""
+        return self._map(problems, lambda a, c: a.search.remote(c, use_reward=True, export_trees=export_trees),
+                         progress)
 
     def evaluate(self, problems: list[Problem], method: str, progress=None) -> list[EvalRecord]:
         parts = self._map(problems, lambda a, c: a.evaluate.remote(c, method), progress)

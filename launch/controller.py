@@ -4,6 +4,7 @@ Everything a run needs to resume is in state_dict(), written with each checkpoin
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from launch.tracking import Tracker, format_table, write_summary
 from rl.config import Config, to_dict
 from rl.experience import value_examples
 from rl.models.embedded import build_embedded_model
+from rl.search.export import tree_html
 from rl.tasks import TASKS, load_problems
 from rl.tasks.base import Problem
 
@@ -159,7 +161,7 @@ class Controller:
         problems = self.train_problems(r)
         t0 = time.perf_counter()
         bar = tqdm(total=len(problems), desc=f"round {r} search", leave=False, disable=not self.console, position=1)
-        batches = self.pool.search(problems, progress=bar.update)
+        batches = self.pool.search(problems, progress=bar.update, export_trees=1 if self.cfg.loop.log_trees else 0)
         bar.close()
         t_search = time.perf_counter() - t0
         nodes = [n for b in batches for n in b.nodes]
@@ -168,6 +170,7 @@ class Controller:
         states, targets = value_examples(nodes)
         m_value = self.learner.train_value.remote(states, targets)
         m_policy = self.learner.train_policy.remote([t.prompt for t in trajs], [t.solution for t in trajs])
+        self._save_trees(r, [t for b in batches for t in b.trees][:self.cfg.loop.log_trees])
         metrics = {**ray.get(m_value), **ray.get(m_policy)}
         records = [rec for b in batches for rec in b.records]
         metrics.update({
@@ -178,6 +181,18 @@ class Controller:
             "rollout/max_staleness": max(stale, default=0),
             "time/search": t_search, "perf/problems_per_s": len(problems) / t_search})
         return metrics
+
+    def _save_trees(self, r: int, trees: list[dict]) -> None:
+        """HTML and JSON of a few search trees per round, on disk and in W&B."""
+        out = self.run_dir / "trees" / f"round_{r:04d}"
+        out.mkdir(parents=True, exist_ok=True)
+        pages = {}
+        for i, t in enumerate(trees):
+            page = tree_html(t, title=f"round {r} · {t['problem_id']}")
+            (out / f"{t['problem_id']}.html").write_text(page)
+            (out / f"{t['problem_id']}.json").write_text(json.dumps(t))
+            pages[f"search/tree_{i}"] = page
+        self.tracker.log_html(pages, step=r)
 
     def _evaluate(self, r: int) -> dict:
         c = self.cfg

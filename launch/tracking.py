@@ -26,6 +26,11 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
+    def log_html(self, pages: dict[str, str], step: int) -> None:
+        if self.run is not None and pages:
+            import wandb
+            self.run.log({k: wandb.Html(v, inject=False) for k, v in pages.items()}, step=step)
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()

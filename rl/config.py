@@ -136,6 +136,7 @@ class LoopConfig:
     prompts_per_round: int = 128
     eval_size: int = 200           # held-out problems for greedy accuracy
     eval_search_size: int = 100    # held-out problems for search accuracy (a prefix of the above)
+    log_trees: int = 4             # search trees per round saved as HTML under run_dir/trees and logged to W&B
 
 
 @dataclass

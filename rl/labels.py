@@ -1,6 +1,9 @@
 """Training labels from search trees: plain functions, tested on hand-built trees."""
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from rl.search.tree import Tree
@@ -31,3 +34,218 @@ def best_trajectory(tree: Tree, *, min_reward: float = 1.0) -> int | None:
     if not cands:
         return None
     return max(cands, key=lambda i: (tree.reward[i], tree.visits[i], tree.q(i), -i))
+
+
+# ---------------------------------------------------------------------------------------------
+# Process and outcome labels from sampled completions, Q-value labels (Q*), step preferences.
+# ---------------------------------------------------------------------------------------------
+
+def _binary_rows(rows: list[list[float]], what: str) -> list[np.ndarray]:
+    """Each row as a float array of 0/1 values; a loud error on an empty row or another value."""
+    out = []
+    for i, row in enumerate(rows):
+        a = np.asarray(row, dtype=np.float64)
+        if a.ndim != 1 or a.size == 0:
+            raise ValueError(f"{what}[{i}] must be a non-empty list of rewards, got {row!r}")
+        if not np.isin(a, (0.0, 1.0)).all():
+            raise ValueError(f"{what}[{i}] must hold only 0/1 verifier rewards, got {row!r}")
+        out.append(a)
+    return out
+
+
+def math_shepherd_labels(completion_rewards: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Hard and soft process labels of one trajectory's steps (Math-Shepherd, Wang et al. 2024).
+
+    From the prefix ending at step i, N completions were sampled and each was scored 0/1 by the
+    verifier. The hard estimate says whether the step can still reach the right answer; the soft
+    estimate is how often it did.
+
+    Args:
+        completion_rewards: [num_steps] lists, each of the N_i (>= 1) 0/1 rewards of the
+            completions sampled from step i's prefix.
+    Returns:
+        hard: [num_steps] float, 1.0 if any completion was right, else 0.0.
+        soft: [num_steps] float, the fraction of completions that were right.
+    """
+    rows = _binary_rows(completion_rewards, "completion_rewards")
+    hard = np.array([r.max() for r in rows], dtype=np.float64)
+    soft = np.array([r.mean() for r in rows], dtype=np.float64)
+    return hard, soft
+
+
+def orm_labels(rewards) -> np.ndarray:
+    """Outcome labels: final correctness 0/1 per solution, from verifier rewards or gold comparison.
+
+    Args:
+        rewards: [n] floats or bools; only exact 0/1 values are accepted (soft scores are a
+            different label and belong to a different function), anything else raises ValueError.
+    Returns:
+        [n] float64 of 0.0/1.0.
+    """
+    a = np.asarray(rewards, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"rewards must be one-dimensional, got shape {a.shape}")
+    bad = ~np.isin(a, (0.0, 1.0))  # nan is caught here too
+    if bad.any():
+        raise ValueError(f"rewards must be 0 or 1; got {a[bad][:5].tolist()} at {np.flatnonzero(bad)[:5].tolist()}")
+    return a
+
+
+def fqi_targets(rewards, next_q_target: list, done, *, gamma: float) -> np.ndarray:
+    """Fitted Q-iteration targets y = r + gamma * (1 - done) * max_{a' in top-K} Q_target(s', a').
+
+    Q* (Wang et al. 2024, §4, offline reinforcement learning): the max runs over the K candidate
+    next steps the policy proposes at s' (its top-K), not over every possible step.
+
+    Args:
+        rewards: [T] reward of each transition (s, a, r, s').
+        next_q_target: [T] arrays, transition t's [K_t] target-network values Q_target(s', a') of
+            the candidate next steps; an empty array (a terminal s', or no candidates) counts as 0.
+        done: [T] bools, True where s' is terminal (its candidates, if any, are ignored).
+        gamma: discount in [0, 1].
+    Returns:
+        [T] float64 targets.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    r = np.asarray(rewards, dtype=np.float64)
+    d = np.asarray(done, dtype=bool)
+    if not (r.ndim == 1 and d.shape == r.shape and len(next_q_target) == len(r)):
+        raise ValueError(f"rewards, next_q_target and done must have the same length, got "
+                         f"{r.shape}, {len(next_q_target)}, {d.shape}")
+    best_next = np.array([np.max(q) if np.size(q) else 0.0 for q in next_q_target], dtype=np.float64)  # [T]
+    return r + gamma * np.where(d, 0.0, best_next)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One step of the reasoning MDP for fitted Q-iteration (Q* §3: deterministic transitions).
+
+    States and actions are any hashable values (texts in practice). next_actions are the K
+    candidate steps the policy proposes at next_state, over which the target takes its max.
+    """
+    state: Hashable
+    action: Hashable
+    reward: float
+    next_state: Hashable
+    next_actions: tuple = ()
+    done: bool = False
+
+
+def _as_q_function(q) -> Callable[[Hashable, Hashable], float]:
+    """q as a callable; a table (Mapping keyed by (state, action)) is copied, missing entries read 0."""
+    if isinstance(q, Mapping):
+        table = dict(q)  # a frozen copy: a fit that edits the table in place cannot move the target
+        return lambda s, a: float(table.get((s, a), 0.0))
+    if callable(q):
+        return q
+    raise TypeError(f"q must be a callable q(state, action) or a Mapping {{(state, action): value}}, got {type(q)}")
+
+
+def fitted_q_iteration(transitions: Sequence[Transition], q_init, *, gamma: float, iterations: int,
+                       fit: Callable) -> tuple[object, np.ndarray]:
+    """Fitted Q-iteration over a fixed batch of transitions (Q* §4, offline reinforcement learning).
+
+    Each iteration k freezes the current Q_k as the target, computes y_k = fqi_targets(...) for
+    every transition from it, records the mean squared Bellman error mean((Q_k(s, a) - y_k)^2)
+    of the Q entering the iteration, and then fits Q_{k+1} = fit(states, actions, y_k).
+
+    Args:
+        transitions: the batch; every iteration uses all of it.
+        q_init: Q_0, either a callable q(state, action) -> float (function approximation) or a
+            Mapping {(state, action): value} (tabular; missing entries read 0.0, so {} is Q = 0).
+        gamma: discount in [0, 1].
+        iterations: number of fit steps (>= 1).
+        fit: fit(states: list, actions: list, targets: np.ndarray [T]) -> the next q, a callable or
+            a Mapping as q_init. Targets are all computed before fit is called, so a fit that
+            updates its model in place does not change the targets of the current iteration.
+    Returns:
+        q: the last fitted Q (what fit returned).
+        bellman_errors: [iterations] mean squared Bellman error of Q_0 .. Q_{iterations-1}; 0 at
+            a fixed point of the (top-K) Bellman optimality operator.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if not transitions:
+        raise ValueError("fitted_q_iteration needs at least one transition")
+    states = [t.state for t in transitions]
+    actions = [t.action for t in transitions]
+    rewards = np.array([t.reward for t in transitions], dtype=np.float64)  # [T]
+    done = np.array([t.done for t in transitions], dtype=bool)               # [T]
+    q, errors = q_init, []
+    for _ in range(iterations):
+        target = _as_q_function(q)
+        # terminal transitions skip their candidates: one fewer critic call each, and they count 0 anyway
+        next_q = [np.array([] if t.done else [target(t.next_state, a) for a in t.next_actions], dtype=np.float64)
+                  for t in transitions]
+        y = fqi_targets(rewards, next_q, done, gamma=gamma)
+        current = np.array([target(s, a) for s, a in zip(states, actions)], dtype=np.float64)  # [T]
+        errors.append(float(np.mean((current - y) ** 2)))
+        q = fit(states, actions, y)
+    return q, np.array(errors, dtype=np.float64)
+
+
+def _reward_rows(rows: list[list[float]], what: str) -> list[np.ndarray]:
+    out = []
+    for i, row in enumerate(rows):
+        a = np.asarray(row, dtype=np.float64)
+        if a.ndim != 1 or a.size == 0 or np.isnan(a).any():
+            raise ValueError(f"{what}[{i}] must be a non-empty list of rewards without nan, got {row!r}")
+        out.append(a)
+    return out
+
+
+def best_rollout_q(rollout_rewards: list[list[float]]) -> np.ndarray:
+    """Q(s, a) label = the best reward among the rollouts from (s, a) (Q* §4, learning from rollout).
+
+    The max, not the mean: Q* wants the optimal Q-value, which the best of several rollouts
+    estimates from below.
+
+    Args:
+        rollout_rewards: [num_pairs] lists, each of the (>= 1) rewards of the rollouts from one (s, a).
+    Returns:
+        [num_pairs] float64.
+    """
+    return np.array([r.max() for r in _reward_rows(rollout_rewards, "rollout_rewards")], dtype=np.float64)
+
+
+def stronger_policy_q(completion_rewards: list[list[float]]) -> np.ndarray:
+    """Q(s, a) label from completions by a stronger policy (Q* §4, completion with stronger LLMs).
+
+    The mean reward of the stronger policy's completions from (s, a). With one greedy completion
+    (as in Q*) this is simply that completion's 0/1 reward.
+
+    Args:
+        completion_rewards: [num_pairs] lists, each of the (>= 1) rewards of one (s, a)'s completions.
+    Returns:
+        [num_pairs] float64.
+    """
+    return np.array([r.mean() for r in _reward_rows(completion_rewards, "completion_rewards")], dtype=np.float64)
+
+
+def dpo_pairs(tree: Tree, *, min_gap: float) -> list[tuple[int, int]]:
+    """(chosen, rejected) pairs of visited sibling nodes whose backed-up values differ by >= min_gap.
+
+    Step-level preference pairs from a search tree (AlphaLLM, Tian et al. 2024, and step-level DPO):
+    both steps share the same prefix, so their difference in tree.q is a difference between the
+    steps alone. Unvisited nodes have no value and are skipped. The comparison is exact, so keep
+    min_gap away from float round-off of the values compared.
+
+    Args:
+        tree: a searched tree (values from backup).
+        min_gap: smallest value difference that makes a pair, > 0 (at 0 ties would pair in no order).
+    Returns:
+        pairs ordered by parent id, then by the siblings' order among the parent's children;
+        chosen has the higher value.
+    """
+    if not min_gap > 0:
+        raise ValueError(f"min_gap must be > 0, got {min_gap}")
+    pairs = []
+    for parent in range(tree.size):
+        kids = [k for k in tree.children[parent] if tree.visits[k] > 0]
+        for i, a in enumerate(kids):
+            for b in kids[i + 1:]:
+                qa, qb = tree.q(a), tree.q(b)
+                if abs(qa - qb) >= min_gap:
+                    pairs.append((a, b) if qa > qb else (b, a))
+    return pairs

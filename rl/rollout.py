@@ -36,6 +36,7 @@ class RolloutBatch:
     nodes: list[NodeExperience] = field(default_factory=list)
     trajectories: list[Trajectory] = field(default_factory=list)
     records: list[EvalRecord] = field(default_factory=list)  # the search's own answer per problem
+    trees: list[dict] = field(default_factory=list)          # exported trees (Tree.to_json + ids), if asked
     policy_version: int = 0
     critic_version: int = 0
 
@@ -53,8 +54,11 @@ class RolloutWorker:
         self.pid = os.getpid()
 
     # ---- searching -------------------------------------------------------------------
-    def search(self, problems: list[Problem], *, use_reward: bool = True) -> RolloutBatch:
-        """Run the configured search on each problem; use_reward lets it score terminals with the verifier."""
+    def search(self, problems: list[Problem], *, use_reward: bool = True, export_trees: int = 0) -> RolloutBatch:
+        """Run the configured search on each problem; use_reward lets it score terminals with the verifier.
+
+        The trees of the first `export_trees` problems come back as plain JSON for viewing and logging.
+        """
         method = build_search(self.search_cfg.method, self.search_cfg)
         reward = self.task.reward if use_reward and self.search_cfg.reward == "verifier" else None
         models = Models(policy=self.policy, value=self.value, reward=reward)
@@ -72,6 +76,9 @@ class RolloutWorker:
             if traj is not None:
                 out.trajectories.append(traj)
             out.records.append(self._record(p, res.answer, res.spent.generated_tokens, res.spent.seconds))
+            if len(out.trees) < export_trees:
+                out.trees.append({**res.tree.to_json(res.chosen), "problem_id": p.id, "answer": res.answer,
+                                  "gold": p.answer})
         return out
 
     def evaluate(self, problems: list[Problem], method: str) -> list[EvalRecord]:

@@ -46,6 +46,8 @@ def test_one_round_writes_summary_checkpoints_and_versions(run_dir):
         assert (ck / "deepspeed" / "policy").is_dir() and (ck / "deepspeed" / "value").is_dir()
         state = json.loads((ck / "loop_state.json").read_text())
         assert state["round"] == rnd and state["version"] == rnd + 1
+    pages = list((run_dir / "trees" / "round_0001").glob("*.html"))
+    assert pages and "<details" in pages[0].read_text()            # search trees to look at
 
 
 def test_wandb_offline_run_holds_the_round_metrics(run_dir):
@@ -53,7 +55,7 @@ def test_wandb_offline_run_holds_the_round_metrics(run_dir):
     assert len(runs) == 1
     out = subprocess.run(["wandb", "leet", "inspect", str(runs[0])], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac"):
+    for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac", "search/tree_0"):
         assert key in out.stdout
 
 
@@ -61,10 +63,11 @@ def test_eval_cli_on_fresh_data(run_dir, tmp_path):
     data = tmp_path / "eval.jsonl"
     assert arbor("data", "generate", "--task", "arithmetic", "--n", "6", "--seed", "99", "--out", str(data),
                  "--config", "configs/arithmetic.yaml").returncode == 0
-    for method in ("greedy", "mcts"):
+    for method in ("greedy", "sc", "wvote", "bon", "beam", "mcts", "astar"):
         res = tmp_path / f"{method}.json"
         out = arbor("eval", "--checkpoint", str(run_dir), "--data", str(data), "--method", method,
-                    "--out", str(res), "search.simulations=2")
+                    "--out", str(res), "search.simulations=2", "search.samples=2", "search.astar_top_k=2",
+                    "search.astar_max_expansions=3", "search.beam_width=2", "search.beam_expand=2")
         assert out.returncode == 0, out.stderr[-2000:]
         r = json.loads(res.read_text())
         assert r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 and "round_0001" in r["checkpoint"]

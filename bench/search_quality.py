@@ -1,0 +1,118 @@
+"""Every search method on held-out problems at three token budgets, plus an ηMCTS ablation.
+
+Not a test: it measures. Usage (after `arbor train configs/arithmetic.yaml`):
+
+    python bench/search_quality.py --checkpoint runs/arithmetic --n 100
+
+Writes docs/results/search_quality.md and docs/results/search_quality.json (one record per
+method and budget: method, budget_tokens, accuracy, mean_tokens, seconds_per_problem).
+Critics that are not trained yet (PRM, ORM, Q) fall back to the value critic, as each method documents;
+the tables say so.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launch.checkpoint import load_loop_state, resolve_checkpoint  # noqa: E402
+from rl.config import from_dict  # noqa: E402
+from rl.rollout import RolloutWorker  # noqa: E402
+from rl.search import SEARCHES, build_search  # noqa: E402
+from rl.tasks import TASKS  # noqa: E402
+
+EVAL_SEED = 31337  # a held-out seed the training run never used
+# generous sizes so that the token budget, not the method's own limit, is what binds
+WIDE = ["search.samples=32", "search.simulations=200", "search.astar_max_expansions=200", "search.beam_width=4",
+        "search.astar_top_k=4"]
+ABLATION = [
+    ("plain MCTS (UCT, fixed width 3)", ["search.selection=uct", "search.adaptive=false"]),
+    ("+ PUCT prior", ["search.selection=puct", "search.adaptive=false"]),
+    ("+ adaptive branching", ["search.selection=puct", "search.adaptive=true"]),
+    ("+ fast rollout (2, scored by V)", ["search.selection=puct", "search.adaptive=true", "search.rollouts=2",
+                                         "search.beta_value=0.5", "search.beta_orm=0.5"]),
+    ("+ state merge (edit distance 0.15)", ["search.selection=puct", "search.adaptive=true", "search.rollouts=2",
+                                            "search.beta_value=0.5", "search.beta_orm=0.5",
+                                            "search.merge_threshold=0.15"]),
+]
+
+
+def run(worker: RolloutWorker, problems, method: str, cfg) -> dict:
+    worker.search_cfg = cfg.search
+    t0 = time.perf_counter()
+    recs = worker.evaluate(problems, method)
+    secs = (time.perf_counter() - t0) / len(problems)
+    return {"accuracy": float(np.mean([r.correct for r in recs])), "mean_tokens": float(np.mean([r.tokens for r in recs])),
+            "seconds_per_problem": secs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default="runs/arithmetic")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--budgets", default="96,192,384")
+    ap.add_argument("--ablation-budget", type=int, default=384)
+    ap.add_argument("--out-dir", default="docs/results")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    ck = resolve_checkpoint(args.checkpoint)
+    base = load_loop_state(ck)["config"]
+    cfg0 = from_dict(base, [], where=str(ck))
+    task = TASKS[cfg0.task.name](cfg0.task.arithmetic)
+    problems = task.generate(args.n, EVAL_SEED, "eval")
+    worker = RolloutWorker(task, cfg0.search, str(ck / "policy"), str(ck / "value"), seed=0)
+
+    records = []
+    budgets = [int(b) for b in args.budgets.split(",")]
+    for budget in budgets:
+        for method in SEARCHES:
+            cfg = from_dict(base, [*WIDE, f"search.max_tokens={budget}"], where=str(ck))
+            worker.rng = np.random.default_rng(0)
+            r = {"method": method, "budget_tokens": budget, **run(worker, problems, method, cfg)}
+            records.append(r)
+            print(json.dumps(r), flush=True)
+    ablation = []
+    for name, ov in ABLATION:
+        cfg = from_dict(base, [*WIDE, f"search.max_tokens={args.ablation_budget}", *ov], where=str(ck))
+        worker.rng = np.random.default_rng(0)
+        r = {"variant": name, "budget_tokens": args.ablation_budget, **run(worker, problems, "mcts", cfg)}
+        ablation.append(r)
+        print(json.dumps(r), flush=True)
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search_quality.json").write_text(json.dumps(records, indent=1))
+    (out / "search_quality_ablation.json").write_text(json.dumps(ablation, indent=1))
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU"
+    lines = ["# Search quality at equal token budgets", "",
+             f"Checkpoint `{ck}`; {args.n} held-out problems (eval split, seed {EVAL_SEED}); {machine}.",
+             "Budget = generated tokens per problem: no generation starts once it is spent (a call that starts "
+             "under it runs to its end, so mean tokens can exceed it slightly). PRM, ORM and Q are not trained "
+             "yet: wvote, bon, beam and A* use the value critic in their place. Produced by "
+             "`python bench/search_quality.py`.", "",
+             "| method | budget | accuracy | mean tokens | s / problem |", "|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['method']} | {r['budget_tokens']} | {r['accuracy']:.3f} | {r['mean_tokens']:.0f} | "
+                     f"{r['seconds_per_problem']:.3f} |")
+    lines += ["", f"## ηMCTS ablation (budget {args.ablation_budget} tokens)", "",
+              "| variant | accuracy | mean tokens | s / problem |", "|---|---|---|---|"]
+    for r in ablation:
+        lines.append(f"| {r['variant']} | {r['accuracy']:.3f} | {r['mean_tokens']:.0f} | {r['seconds_per_problem']:.3f} |")
+    lines += ["", "No PRM row: the PRM is trained by the learning issue; until then a '+ PRM' row would only "
+              "repeat the value critic under another name."]
+    (out / "search_quality.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'search_quality.md'}")
+
+
+if __name__ == "__main__":
+    main()
