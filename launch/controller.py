@@ -19,6 +19,7 @@ from launch import checkpoint as ckpt
 from launch.tracking import Tracker, format_table, write_summary
 from rl.config import Config, to_dict
 from rl.experience import value_examples
+from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
 from rl.tasks import TASKS, load_problems
@@ -137,7 +138,8 @@ class Controller:
         metrics.update(self._evaluate(r))
         self.round = r
         row = {"round": r, "greedy_acc": metrics["eval/greedy_acc"], "search_acc": metrics["eval/search_acc"],
-               "train_solved": metrics.get("rollout/solved_frac", float("nan")), "policy_version": version,
+               "train_solved": metrics.get("rollout/solved_frac", float("nan")), "value_ece": metrics["eval/value_ece"],
+               "policy_version": version,
                "seconds": round(time.perf_counter() - t0, 1)}
         self.summary.append(row)
         metrics["time/round"] = row["seconds"]
@@ -204,7 +206,12 @@ class Controller:
                    disable=not self.console, position=1)
         searched = self.pool.evaluate(sub, c.search.method, progress=bar.update)
         bar.close()
+        rewards = np.array([x.reward for x in greedy])
+        values = np.array([x.value for x in greedy])
         return {"eval/greedy_acc": float(np.mean([x.correct for x in greedy])),
+                # the value critic on the greedy solutions, against the task's reward of each
+                "eval/value_ece": expected_calibration_error(values, rewards),
+                "eval/value_auc": binary_auc(values, rewards),
                 "eval/search_acc": float(np.mean([x.correct for x in searched])),
                 "eval/greedy_tokens": float(np.mean([x.tokens for x in greedy])),
                 "eval/search_tokens": float(np.mean([x.tokens for x in searched])),

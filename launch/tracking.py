@@ -44,7 +44,7 @@ def write_summary(run_dir: Path, rows: list[dict]) -> None:
 
 def format_table(rows: list[dict]) -> str:
     """Per-round results as a fixed-width text table."""
-    cols = ["round", "greedy_acc", "search_acc", "train_solved", "policy_version", "seconds"]
+    cols = ["round", "greedy_acc", "search_acc", "train_solved", "value_ece", "policy_version", "seconds"]
     head = " | ".join(f"{c:>14}" for c in cols)
     lines = [head, "-" * len(head)]
     for r in rows:

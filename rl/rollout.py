@@ -28,6 +28,8 @@ class EvalRecord:
     correct: bool
     tokens: int        # generated tokens spent on this problem
     seconds: float
+    reward: float = float("nan")   # the task's reward of the whole solution (working checked too)
+    value: float = float("nan")    # V(prompt + solution): the critic's own estimate, for calibration
 
 
 @dataclass
@@ -88,8 +90,12 @@ class RolloutWorker:
             recs = []
             for i in range(0, len(problems), GREEDY_BATCH):
                 chunk = problems[i:i + GREEDY_BATCH]
-                for p, r in zip(chunk, greedy_batch(chunk, self.task, self.policy, max_new_tokens=cap)):
-                    recs.append(self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds))
+                results = greedy_batch(chunk, self.task, self.policy, max_new_tokens=cap)
+                values = self.value.score([self.task.prompt(p) + r.solution for p, r in zip(chunk, results)])
+                for p, r, v in zip(chunk, results, values):
+                    rec = self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds)
+                    rec.reward, rec.value = self.task.reward(p, r.solution), float(v)
+                    recs.append(rec)
             return recs
         search = build_search(method, self.search_cfg)
         models = Models(policy=self.policy, value=self.value, reward=None)

@@ -38,6 +38,7 @@ def test_one_round_writes_summary_checkpoints_and_versions(run_dir):
     assert [r["round"] for r in rows] == [0, 1]
     for r in rows:
         assert 0.0 <= r["greedy_acc"] <= 1.0 and 0.0 <= r["search_acc"] <= 1.0 and r["seconds"] > 0
+        assert 0.0 <= r["value_ece"] <= 1.0
     assert [r["policy_version"] for r in rows] == [1, 2]          # one publish per round
     for rnd in (0, 1):
         ck = run_dir / "checkpoints" / f"round_{rnd:04d}"
