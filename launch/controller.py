@@ -18,7 +18,7 @@ from learners.actor import start_learner
 from launch import checkpoint as ckpt
 from launch.tracking import Tracker, format_table, write_summary
 from rl.config import Config, to_dict
-from rl.experience import value_examples
+from rl.experience import ReplayBuffer, value_examples
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
@@ -27,6 +27,7 @@ from rl.tasks.base import Problem
 
 BOOTSTRAP_SEED_OFFSET = 10**6   # keeps bootstrap problems apart from the per-round prompt seeds
 EVAL_SEED_OFFSET = 2 * 10**6
+REPLAY_FILE = "replay.jsonl"
 
 
 class Controller:
@@ -41,6 +42,8 @@ class Controller:
         self.version = 0          # last published weights version
         self.summary: list[dict] = []
         self.address = address
+        self.replay = ReplayBuffer(cfg.learner.replay_capacity)
+        self.rng = np.random.default_rng(cfg.seed)
 
     # ---- set-up ----------------------------------------------------------------------
     def _eval_problems(self) -> list[Problem]:
@@ -75,6 +78,7 @@ class Controller:
         if self.resume_from is not None:
             state = ckpt.load_loop_state(self.resume_from)
             self.load_state_dict(state)
+            self.replay = ReplayBuffer.load(self.resume_from / REPLAY_FILE, capacity=c.learner.replay_capacity)
             policy_path, value_path = str(self.resume_from / "policy"), str(self.resume_from / "value")
         else:
             policy_path = c.model.policy
@@ -100,10 +104,11 @@ class Controller:
     # ---- state -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"round": self.round, "version": self.version, "summary": self.summary,
-                "config": to_dict(self.cfg)}
+                "rng": self.rng.bit_generator.state, "config": to_dict(self.cfg)}
 
     def load_state_dict(self, state: dict) -> None:
         self.round, self.version, self.summary = state["round"], state["version"], list(state["summary"])
+        self.rng.bit_generator.state = state["rng"]
 
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -168,8 +173,10 @@ class Controller:
         t_search = time.perf_counter() - t0
         nodes = [n for b in batches for n in b.nodes]
         trajs = [t for b in batches for t in b.trajectories]
-        stale = [self.version - n.policy_version for n in nodes]
-        states, targets = value_examples(nodes)
+        self.replay.add([n for n in nodes if not np.isnan(n.value_target)])
+        replayed = self.replay.sample(min(len(self.replay), self.cfg.learner.value_samples), self.rng)
+        stale = self.replay.staleness(self.version)
+        states, targets = value_examples(replayed)
         m_value = self.learner.train_value.remote(states, targets)
         m_policy = self.learner.train_policy.remote([t.prompt for t in trajs], [t.solution for t in trajs])
         self._save_trees(r, [t for b in batches for t in b.trees][:self.cfg.loop.log_trees])
@@ -180,7 +187,7 @@ class Controller:
             "rollout/search_acc": float(np.mean([rec.correct for rec in records])),
             "rollout/nodes": len(nodes), "rollout/value_examples": len(states),
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
-            "rollout/max_staleness": max(stale, default=0),
+            "rollout/max_staleness": int(stale.max(initial=0)), **self.replay.metrics(),
             "time/search": t_search, "perf/problems_per_s": len(problems) / t_search})
         return metrics
 
@@ -220,4 +227,5 @@ class Controller:
     def _checkpoint(self, r: int) -> Path:
         staging = ckpt.staging_dir(self.run_dir, r)
         ray.get(self.learner.save.remote(str(staging)))
+        self.replay.save(staging / REPLAY_FILE)
         return ckpt.commit(staging, self.state_dict())

@@ -126,6 +126,8 @@ class LearnerConfig:
     batch_size: int = 32
     policy_epochs: int = 3
     value_epochs: int = 3
+    replay_capacity: int = 20000   # node records kept across rounds (oldest evicted); part of the checkpoint
+    value_samples: int = 16000     # records drawn uniformly from the replay buffer to train V each round
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 

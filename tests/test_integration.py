@@ -47,6 +47,10 @@ def test_one_round_writes_summary_checkpoints_and_versions(run_dir):
         assert (ck / "deepspeed" / "policy").is_dir() and (ck / "deepspeed" / "value").is_dir()
         state = json.loads((ck / "loop_state.json").read_text())
         assert state["round"] == rnd and state["version"] == rnd + 1
+        assert (ck / "replay.jsonl").is_file()
+    from rl.experience import ReplayBuffer
+    replay = ReplayBuffer.load(run_dir / "checkpoints" / "round_0001" / "replay.jsonl")
+    assert len(replay) > 0 and {r.policy_version for r in replay} == {1}   # searched with the bootstrap weights
     pages = list((run_dir / "trees" / "round_0001").glob("*.html"))
     assert pages and "<details" in pages[0].read_text()            # search trees to look at
 
@@ -87,4 +91,8 @@ def test_resume_continues_from_the_newest_checkpoint(run_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((run / "summary.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2]
+    from rl.experience import ReplayBuffer
+    before = ReplayBuffer.load(run / "checkpoints" / "round_0001" / "replay.jsonl")
+    after = ReplayBuffer.load(run / "checkpoints" / "round_0002" / "replay.jsonl")
+    assert {r.id for r in before} <= {r.id for r in after}                # the buffer carried over the resume
     assert rows[2]["policy_version"] == 3                        # versions continue, not restart
