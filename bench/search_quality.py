@@ -12,7 +12,6 @@ the tables say so.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch.checkpoint import load_loop_state, resolve_checkpoint  # noqa: E402
 from rl.config import from_dict  # noqa: E402
 from rl.rollout import RolloutWorker  # noqa: E402
-from rl.search import SEARCHES, build_search  # noqa: E402
+from rl.search import SEARCHES  # noqa: E402
 from rl.tasks import TASKS  # noqa: E402
 
 EVAL_SEED = 31337  # a held-out seed the training run never used

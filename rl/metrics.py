@@ -40,7 +40,6 @@ def expected_calibration_error(probs, labels, *, bins: int = 10) -> float:
         raise ValueError(f"bins must be >= 1, got {bins}")
     p, y = _check(probs, labels, probs_in_unit=True)
     idx = np.minimum((p * bins).astype(np.int64), bins - 1)            # [n] bin of each sample; p = 1 joins the last
-    count = np.bincount(idx, minlength=bins).astype(np.float64)        # [bins]
     conf_sum = np.bincount(idx, weights=p, minlength=bins)             # [bins]
     acc_sum = np.bincount(idx, weights=y.astype(np.float64), minlength=bins)
     # sum_b (n_b/n) |acc_b - conf_b| = sum_b |acc_sum_b - conf_sum_b| / n: no division by empty bins

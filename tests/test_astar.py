@@ -28,34 +28,14 @@ and abandoned, c (f 0.6) is never popped and Answer: 4 never generated.
 import numpy as np
 import pytest
 
-from rl.grading import extract_final_answer
 from rl.models.policy import StepSample
 from rl.search.astar import AStar, aggregate, f_score, heuristic
 from rl.search.types import Budget, Models
-from rl.tasks.base import Problem
+from tests.fakes import TOY_PROBLEM, TOY_PROMPT, ToyTask
 
-P = "Q: x\n"
-PROBLEM = Problem(id="toy", question="x", answer="1")
+P = TOY_PROMPT
+PROBLEM = TOY_PROBLEM
 COMPLETION = "Answer: 0\n"
-
-
-class ToyTask:
-    name = "toy"
-
-    def prompt(self, problem):
-        return P
-
-    def is_terminal(self, step):
-        return step.startswith("Answer:")
-
-    def extract_answer(self, solution):
-        return extract_final_answer(solution)
-
-    def is_correct(self, problem, answer):
-        return answer == problem.answer
-
-    def reward(self, problem, solution):
-        return float(self.is_correct(problem, self.extract_answer(solution)))
 
 
 class ScriptedPolicy:

@@ -5,7 +5,6 @@ import pytest
 from rl.search import MCTS, Budget, Models, Tree, backup
 from rl.search.mcts import adaptive_width, edit_distance, equivalent_by_edit_distance, importance
 from rl.search.tree import puct_select
-from rl.tasks.base import Problem
 from tests.fakes import ScriptedPolicy, TableCritic
 from tests.test_mcts import PROBLEM, PROMPT, ToyTask
 

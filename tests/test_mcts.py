@@ -14,37 +14,15 @@ Simulations:
     6 ln 5: node1 0.533+0.732 = 1.266 < node2 0.4+1.269 = 1.669 -> 2 -> 5 (reward 0)
 """
 import numpy as np
-import pytest
 
 from rl.labels import best_trajectory, mc_value_targets
 from rl.search import MCTS, Budget, Models, Tree, backup, uct_select
-from rl.tasks.base import Problem
-from tests.fakes import ScriptedPolicy, TableCritic
+from tests.fakes import TOY_PROBLEM, TOY_PROMPT, ScriptedPolicy, TableCritic, ToyTask
 
-PROMPT = "Q: x\n"
-
-
-class ToyTask:
-    name = "toy"
-
-    def prompt(self, problem):
-        return PROMPT
-
-    def is_terminal(self, step):
-        return step.startswith("Answer:")
-
-    def extract_answer(self, solution):
-        from rl.grading import extract_final_answer
-        return extract_final_answer(solution)
-
-    def is_correct(self, problem, answer):
-        return answer == problem.answer
-
-    def reward(self, problem, solution):
-        return float(self.is_correct(problem, self.extract_answer(solution)))
+PROMPT = TOY_PROMPT
 
 
-PROBLEM = Problem(id="toy", question="x", answer="1")
+PROBLEM = TOY_PROBLEM
 STEPS = {PROMPT: ["a\n", "b\n"], PROMPT + "a\n": ["Answer: 1\n", "Answer: 2\n"], PROMPT + "b\n": ["Answer: 3\n", "c\n"]}
 VALUES = {PROMPT: 0.5, PROMPT + "a\n": 0.6, PROMPT + "b\n": 0.4}
 

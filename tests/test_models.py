@@ -2,11 +2,9 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.models import Policy, ValueCritic
-from rl.models.critic import load_value_model
 
 
 def test_rl_never_imports_ray_or_deepspeed():

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from rl.grading import extract_final_answer
 from rl.search.beam import StepBeam, top_k
 from rl.search.sampling import BestOfN, SelfConsistency, WeightedVote, majority_vote
 from rl.search.types import Budget, Models
 from rl.tasks.base import Problem
+from tests.fakes import TOY_PROMPT, ToyTask
 
-PROMPT = "Q: x\n"
+PROMPT = TOY_PROMPT
 PROBLEM = Problem(id="toy", question="x", answer="9")
 
 
@@ -35,19 +35,6 @@ class Sample:
     num_tokens: int
     logprob: float
     finished: bool
-
-
-class ToyTask:
-    name = "toy"
-
-    def prompt(self, problem):
-        return PROMPT
-
-    def is_terminal(self, step):
-        return step.startswith("Answer:")
-
-    def extract_answer(self, solution):
-        return extract_final_answer(solution)
 
 
 class ScriptedPolicy:

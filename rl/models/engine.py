@@ -52,6 +52,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -86,6 +87,12 @@ class GenerationBackend(Protocol):
     def weights(self) -> Weights: ...
 
 
+@dataclass
+class EngineSample(StepSample):
+    """A StepSample that also carries its token ids (stop token included, as in num_tokens)."""
+    token_ids: tuple[int, ...] = ()
+
+
 # ---- sampling ----------------------------------------------------------------------------------
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
                   uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,10 +108,12 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
         tokens [B] long and log-probs [B] under the (scaled, filtered, renormalised) distribution.
     """
     greedy = temperature <= 0
-    if bool(greedy.all()):
+    any_greedy = bool(greedy.any())
+    if any_greedy and bool(greedy.all()):
         tokens = logits.argmax(-1)
         return tokens, logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
-    scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]   # [B, V]
+    scale = torch.where(greedy, torch.ones_like(temperature), temperature) if any_greedy else temperature
+    scaled = logits / scale[:, None]                                                          # [B, V]
     if bool(((top_k > 0) | (top_p < 1)).any()):
         ranked, order = scaled.sort(-1, descending=True)                                        # [B, V]
         rank = torch.arange(ranked.shape[1], device=logits.device)
@@ -117,19 +126,25 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
     logp = scaled.log_softmax(-1)                                                               # [B, V]
     cdf = logp.exp().cumsum(-1)                                                                 # [B, V]
     # right=True: the first token whose cdf exceeds u * total, so zero-probability tokens are never drawn
-    sampled = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(1)
-    sampled = sampled.clamp_(max=logits.shape[1] - 1)
-    tokens = torch.where(greedy, logits.argmax(-1), sampled)
+    tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(1)
+    tokens = tokens.clamp_(max=logits.shape[1] - 1)
+    if not any_greedy:
+        return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+    tokens = torch.where(greedy, logits.argmax(-1), tokens)
     lp_sampled = logp.gather(1, tokens[:, None]).squeeze(1)
-    if bool(greedy.any()):
-        lp_greedy = logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
-        return tokens, torch.where(greedy, lp_greedy, lp_sampled)
-    return tokens, lp_sampled
+    lp_greedy = logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
+    return tokens, torch.where(greedy, lp_greedy, lp_sampled)
 
 
 def sequence_seed(seed: int, prefix_index: int, sample_index: int) -> int:
-    """A 63-bit seed for one sequence from the call's seed and its place in the call."""
-    return int(np.random.SeedSequence([seed, prefix_index, sample_index]).generate_state(1, np.uint64)[0] >> 1)
+    """A 63-bit seed for one sequence from the call's seed and its place in the call (splitmix64 mixing)."""
+    x = (seed * 0x9E3779B97F4A7C15 + prefix_index * 0xBF58476D1CE4E5B9 + sample_index * 0x94D049BB133111EB) & _MASK64
+    for mul in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB):
+        x = ((x ^ (x >> 31)) * mul) & _MASK64
+    return (x ^ (x >> 29)) >> 1
+
+
+_MASK64 = (1 << 64) - 1
 
 
 # ---- prefix cache ------------------------------------------------------------------------------
@@ -275,6 +290,29 @@ class _Seq:
     logits: torch.Tensor | None = None      # score requests: [len(prompt) - score_from + 1, V]
     done: bool = False
     error: BaseException | None = None
+    call: "_Call | None" = None
+
+
+class _Call:
+    """The sequences of one public call: its caller sleeps on `event` until `remaining` reaches 0."""
+
+    def __init__(self, remaining: int):
+        self.remaining = remaining
+        self.event = threading.Event()
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """Requests admitted in one step and what is left to encode of their prompts."""
+    rows: list[_Seq]                   # prefill rows: one per distinct generating prompt, then scoring requests
+    slots: list[int]                   # slot of each row
+    lens: list[int]                    # prompt tokens of each row already in its slot (from the prefix cache)
+    first: list[int]                   # first encoded position (relative to lens) whose logits are needed
+    leaders: dict[tuple[int, ...], _Seq]
+    members: list[_Seq]                # generating seqs whose prompt a leader encodes for them
+    order: list[_Seq]                  # generating seqs in slot order
+    scores: list[_Seq]
+    slot_of: dict[int, int]            # id(seq) -> slot
 
 
 class _SlotView(Cache):
@@ -322,7 +360,8 @@ class Engine:
         self.eos_id = tokenizer.eos_token_id
         self.max_batch_size = max_batch_size
         self.top_p, self.top_k = top_p, top_k
-        self.fast_path = fast_path and cfg.model_type in FAST_PATH_MODELS
+        self.fast_path = fast_path and _FastWeights.supports(model)
+        self._fast = _FastWeights(self.model) if self.fast_path else None
         self.cache = PrefixCache(cache_tokens)
 
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -350,7 +389,9 @@ class Engine:
         self._slot_ids = torch.arange(S, **z)
 
         # callers and the decode loop
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)   # signalled when the decode loop is released
+        self._calls: list[_Call] = []                  # public calls with unfinished sequences
         self._waiting: list[_Seq] = []
         self._driving = False
         self._tok_lock = threading.Lock()   # HF fast tokenizers are not safe to share across threads
@@ -385,7 +426,9 @@ class Engine:
         if len(prefixes) != len(continuations):
             raise ValueError("score needs one continuation per prefix")
         heads, tails = self._encode(prefixes), self._encode(continuations)
-        seqs = [_Seq(prompt=h + t, score_from=max(len(h), 1)) for h, t in zip(heads, tails)]
+        if any(not h for h in heads):
+            raise ValueError("score needs non-empty prefixes (the first token has no conditional probability)")
+        seqs = [_Seq(prompt=h + t, score_from=len(h)) for h, t in zip(heads, tails)]
         self._run(seqs)
         out = np.zeros(len(seqs))
         for i, s in enumerate(seqs):
@@ -396,7 +439,10 @@ class Engine:
 
     def next_token_logits(self, prefixes: list[str]) -> torch.Tensor:
         """[B, V] raw logits of the token after each prefix (through the prefix cache)."""
-        seqs = [_Seq(prompt=p, score_from=len(p)) for p in self._encode(prefixes)]
+        ids = self._encode(prefixes)
+        if any(not p for p in ids):
+            raise ValueError("next_token_logits needs non-empty prefixes")
+        seqs = [_Seq(prompt=p, score_from=len(p)) for p in ids]
         self._run(seqs)
         return torch.stack([s.logits[-1] for s in seqs])
 
@@ -449,8 +495,9 @@ class Engine:
             grid.append(row)
         self._run([s for row in grid if row for s in row])
         with self._tok_lock:
-            return [[StepSample(text=self.tokenizer.decode([t for t in s.tokens if t != self.eos_id]),
-                                num_tokens=len(s.tokens), logprob=s.logprob, finished=s.finished) for s in row]
+            return [[EngineSample(text=self.tokenizer.decode([t for t in s.tokens if t != self.eos_id]),
+                                  num_tokens=len(s.tokens), logprob=s.logprob, finished=s.finished,
+                                  token_ids=tuple(s.tokens)) for s in row]
                     for row in grid]
 
     def _run(self, seqs: list[_Seq]) -> None:
@@ -459,73 +506,96 @@ class Engine:
             if s.score_from == 0 and s.max_new <= 0:
                 s.done = True
         todo = [s for s in seqs if not s.done]
-        with self._cond:
+        call = _Call(len(todo))
+        for s in todo:
+            s.call = call
+        with self._lock:
             self._waiting.extend(todo)
+            self._calls.append(call)
             self.counters["requests"] += len(seqs)
         while True:
-            with self._cond:
-                while self._driving and not all(s.done for s in todo):
-                    self._cond.wait()
-                if all(s.done for s in todo):
+            with self._lock:
+                if call.remaining == 0:
+                    self._calls.remove(call)
                     break
-                self._driving = True
+                drive = not self._driving
+                if drive:
+                    self._driving = True
+                else:
+                    call.event.clear()  # under the lock: a set() from the driver cannot be lost
+            if not drive:
+                call.event.wait()
+                continue
             try:
-                while not all(s.done for s in todo):
+                if self._fast is not None:
+                    self._fast.refresh()  # weights may have been changed in place since the last call
+                while call.remaining:
                     self._step()
             except BaseException as exc:  # fail every queued request so no caller waits forever
                 self._fail_all(exc)
             finally:
-                with self._cond:
-                    self._driving = False
-                    self._cond.notify_all()
+                with self._lock:
+                    self._release_driver()
         for s in todo:
             if s.error is not None:
-                raise RuntimeError("engine step failed") from s.error
+                raise s.error
 
-    class _Exclusive:
-        def __init__(self, engine: "Engine"):
-            self.engine = engine
+    def _release_driver(self) -> None:
+        """Give up the decode loop (lock held): wake one caller with unfinished work to take it over."""
+        self._driving = False
+        self._idle.notify_all()
+        for c in self._calls:
+            if c.remaining:
+                c.event.set()
+                break
 
-        def __enter__(self):
-            e = self.engine
-            with e._cond:
-                while e._driving:
-                    e._cond.wait()
-                e._driving = True
+    def _finish(self, seqs: list[_Seq]) -> None:
+        """Mark seqs done (lock held) and wake each caller whose last sequence this was."""
+        for s in seqs:
+            s.done = True
+            c = s.call
+            if c is not None:
+                c.remaining -= 1
+                if c.remaining == 0:
+                    c.event.set()
 
-        def __exit__(self, *exc):
-            e = self.engine
-            with e._cond:
-                e._driving = False
-                e._cond.notify_all()
-
-    def _exclusive(self) -> "_Exclusive":
-        """Hold the decode loop (no step runs meanwhile)."""
-        return Engine._Exclusive(self)
+    @contextmanager
+    def _exclusive(self):
+        """Hold the decode loop: no step runs until the block ends."""
+        with self._lock:
+            while self._driving:
+                self._idle.wait()
+            self._driving = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._release_driver()
 
     def _fail_all(self, exc: BaseException) -> None:
-        with self._cond:
-            for s in self._rows + self._waiting:
-                s.error, s.done = exc, True
+        with self._lock:
+            failed = self._rows + self._waiting
+            for s in failed:
+                s.error = exc
+            self._finish(failed)
             self._rows, self._waiting = [], []
-            self._cond.notify_all()
 
     # ---- the decode loop ---------------------------------------------------------------------------
     @torch.no_grad()
     def _step(self) -> None:
         """Admit waiting requests into free slots, decode one token for every active sequence, retire the finished."""
         n_old = len(self._rows)
-        with self._cond:
+        with self._lock:
             free = self.max_batch_size - n_old
             admitted, self._waiting = self._waiting[:free], self._waiting[free:]
+        pre = self._place(admitted) if admitted else None
+        dec_logits, pre_logits = self._compute(n_old, pre)
         parts = []
-        if n_old:  # one token for every sequence already decoding
-            ids = self._next[:n_old, None]                                          # [n_old, 1]
-            lens = self._lens[:n_old]
-            parts.append(self._forward(ids, slice(0, n_old), lens, torch.ones_like(lens), None))
+        if n_old:
             self._lens[:n_old] += 1
-        if admitted:
-            first = self._admit(admitted)
+            parts.append(dec_logits)
+        if pre is not None:
+            first = self._settle(pre, pre_logits)
             if first is not None:
                 parts.append(first)
         n = len(self._rows)
@@ -536,7 +606,7 @@ class Engine:
         u = self._unif[self._slot_ids[:n], steps]                                     # [n]
         tok, lp = sample_tokens(logits.float(), self._temp[:n], self._top_p[:n], self._top_k[:n], u)
         self._out[self._slot_ids[:n], steps] = tok
-        self._logprob[:n] += lp.double()
+        self._logprob[:n] += lp
         self._steps[:n] += 1
         self._next[:n] = tok
         stopped = (tok[:, None] == self._stop[:n]).any(1)                               # [n]
@@ -547,9 +617,12 @@ class Engine:
         if bool(done.any()):
             self._retire(done.nonzero().flatten().tolist(), stopped)
 
-    def _admit(self, seqs: list[_Seq]) -> torch.Tensor | None:
-        """Place seqs in slots, reuse cached prefixes, prefill the rest; return [g, V] first-token logits
-        of the generating ones (now the last g active slots). Scoring requests finish here."""
+    def _place(self, seqs: list[_Seq]) -> _Prefill:
+        """Give admitted seqs slots and the KV of their longest cached prefix; say what is left to encode.
+
+        Generating seqs take slots after the active ones (prompt leaders first, then siblings with the same
+        prompt, which copy the leader's KV after the prefill); scoring seqs borrow slots past those.
+        """
         gen = [s for s in seqs if s.score_from == 0]
         scores = [s for s in seqs if s.score_from > 0]
         leaders: dict[tuple[int, ...], _Seq] = {}
@@ -560,66 +633,61 @@ class Engine:
                 members.append(s)
             else:
                 leaders[key] = s
-        pre = list(leaders.values()) + scores           # rows of the prefill forward
-        order = list(leaders.values()) + members       # slot order of the generating ones
+        rows = list(leaders.values()) + scores          # rows of the prefill
+        order = list(leaders.values()) + members        # slot order of the generating seqs
         n0 = len(self._rows)
+        slots = {id(s): n0 + k for k, s in enumerate(order + scores)}
         need_t = max([len(s.prompt) + s.max_new for s in gen] + [len(s.prompt) for s in scores])
         self._ensure_capacity(need_t, max([s.max_new for s in gen], default=0))
-        slot_of: dict[int, int] = {}
-        for k, s in enumerate(order):
-            slot_of[id(s)] = n0 + k
-        for k, s in enumerate(scores):
-            slot_of[id(s)] = n0 + len(order) + k       # borrowed past the active range, free after this call
-
-        # reuse the longest cached prefix (at least the last needed position is recomputed)
-        lens, qlens = [], []
-        for s in pre:
-            limit = (s.score_from if s.score_from else len(s.prompt)) - 1
-            path, m = self.cache.match(s.prompt, limit)
-            slot, off = slot_of[id(s)], 0
+        lens, first = [], []
+        for s in rows:
+            need = (s.score_from if s.score_from else len(s.prompt)) - 1   # first position whose logits we need
+            path, m = self.cache.match(s.prompt, need)                     # so at least that one is recomputed
+            slot, off = slots[id(s)], 0
             for node, used in path:
                 self._kv[:, :, slot, :, off:off + used] = node.kv[:, :, :, :used]
                 off += used
             lens.append(m)
-            qlens.append(len(s.prompt) - m)
-        q = max(qlens)
-        ids = torch.zeros(len(pre), q, dtype=torch.long)
-        pick_rows, pick_cols, spans = [], [], []
-        for r, s in enumerate(pre):
-            ids[r, :qlens[r]] = torch.tensor(s.prompt[lens[r]:], dtype=torch.long)
-            first = (s.score_from - 1 if s.score_from else len(s.prompt) - 1) - lens[r]
-            spans.append((len(pick_rows), qlens[r] - first))
-            pick_rows += [r] * (qlens[r] - first)
-            pick_cols += list(range(first, qlens[r]))
-        slots = torch.tensor([slot_of[id(s)] for s in pre], device=self.device)
-        dev = dict(dtype=torch.long, device=self.device)
-        logits = self._forward(ids.to(self.device), slots, torch.tensor(lens, **dev), torch.tensor(qlens, **dev),
-                               (torch.tensor(pick_rows, **dev), torch.tensor(pick_cols, **dev)))   # [picked, V]
-        self.counters["prefill_tokens"] += sum(qlens)
-        for r, s in enumerate(pre):
-            self._cache_prefix(slot_of[id(s)], s.prompt)
-        for r, s in enumerate(scores):
-            a, b = spans[len(leaders) + r]
-            s.logits = logits[a:a + b].float().cpu()
-        if scores:
-            with self._cond:
-                for s in scores:
-                    s.done = True
-                self._cond.notify_all()
-        if not gen:
+            first.append(need - m)
+        return _Prefill(rows=rows, slots=[slots[id(s)] for s in rows], lens=lens, first=first, leaders=leaders,
+                        members=members, order=order, scores=scores, slot_of=slots)
+
+    def _settle(self, pre: _Prefill, logits: torch.Tensor) -> torch.Tensor | None:
+        """After the prefill: cache the prompts, answer scoring seqs, seat the generating ones.
+
+        Args:
+            logits: [P, V] at the needed positions of the prefill rows, row after row.
+        Returns:
+            [g, V] first-token logits of the generating seqs (the last g active slots), or None.
+        """
+        spans, at = [], 0
+        for r, s in enumerate(pre.rows):
+            count = len(s.prompt) - pre.lens[r] - pre.first[r]
+            spans.append((at, count))
+            at += count
+            self._cache_prefix(pre.slots[r], s.prompt)
+        self.counters["prefill_tokens"] += sum(len(s.prompt) - m for s, m in zip(pre.rows, pre.lens))
+        n_lead = len(pre.leaders)
+        for r, s in enumerate(pre.scores):
+            a, count = spans[n_lead + r]
+            s.logits = logits[a:a + count].float().cpu()
+        if pre.scores:
+            with self._lock:
+                self._finish(pre.scores)
+        order = pre.order
+        if not order:
             return None
-
         # siblings with the same prompt share the leader's KV and first-token logits
-        leader_row = {key: r for r, key in enumerate(leaders)}
-        src = [leader_row[tuple(s.prompt)] for s in order]                 # prefill row of each generating seq
-        if members:
-            dst = torch.tensor([slot_of[id(s)] for s in members], device=self.device)
-            frm = torch.tensor([slot_of[id(leaders[tuple(s.prompt)])] for s in members], device=self.device)
-            t = max(len(s.prompt) for s in members)
+        if pre.members:
+            dst = torch.tensor([pre.slot_of[id(s)] for s in pre.members], device=self.device)
+            frm = torch.tensor([pre.slot_of[id(pre.leaders[tuple(s.prompt)])] for s in pre.members], device=self.device)
+            t = max(len(s.prompt) for s in pre.members)
             self._kv[:, :, dst, :, :t] = self._kv[:, :, frm, :, :t]
-            self.counters["shared_prompt_copies"] += len(members)
-        first_logits = logits[torch.tensor([spans[r][0] for r in src], device=self.device)]   # [g, V]
-
+            self.counters["shared_prompt_copies"] += len(pre.members)
+        leader_row = {key: r for r, key in enumerate(pre.leaders)}
+        first_logits = logits[torch.tensor([spans[leader_row[tuple(s.prompt)]][0] for s in order],
+                                           device=self.device)]                               # [g, V]
+        n0 = len(self._rows)
         sl = slice(n0, n0 + len(order))
         self._lens[sl] = torch.tensor([len(s.prompt) for s in order])
         self._steps[sl] = 0
@@ -637,12 +705,16 @@ class Engine:
 
     def _retire(self, done: list[int], stopped: torch.Tensor) -> None:
         """Finish the sequences in rows `done`, cache their KV, and refill the holes from the end."""
-        steps = self._steps.tolist()
-        for i in done:
+        idx = torch.tensor(done, device=self.device)
+        steps = self._steps[idx].tolist()
+        outs = self._out[idx].tolist()
+        logprobs = self._logprob[idx].tolist()
+        ends = stopped[idx].tolist()
+        for k, i in enumerate(done):
             s = self._rows[i]
-            s.tokens = self._out[i, :steps[i]].tolist()
-            s.logprob = float(self._logprob[i])
-            s.finished = bool(stopped[i])
+            s.tokens = outs[k][:steps[k]]
+            s.logprob = logprobs[k]
+            s.finished = ends[k]
             # KV exists for the prompt and every generated token but the last (sampled, never fed back)
             self._cache_prefix(i, s.prompt + s.tokens[:-1])
         n = len(self._rows)
@@ -650,14 +722,12 @@ class Engine:
         gone = set(done)
         holes = [i for i in done if i < keep]
         movers = [j for j in range(keep, n) if j not in gone]
-        with self._cond:
-            for i in done:
-                self._rows[i].done = True
+        with self._lock:
+            self._finish([self._rows[i] for i in done])
             if holes:
                 for h, m in zip(holes, movers):
                     self._rows[h] = self._rows[m]
             self._rows = self._rows[:keep]
-            self._cond.notify_all()
         if holes:
             h = torch.tensor(holes, device=self.device)
             m = torch.tensor(movers, device=self.device)
@@ -680,6 +750,8 @@ class Engine:
             if self._kv is not None:
                 kv[:, :, :, :, :self._kv.shape[4]] = self._kv
             self._kv = kv
+            self._k = [kv[i, 0] for i in range(self.num_layers)]   # [S, Hkv, T, D] views, one per layer
+            self._v = [kv[i, 1] for i in range(self.num_layers)]
         if self._unif.shape[1] < u:
             cap = max(u, 2 * self._unif.shape[1])
             unif = torch.zeros(S, cap, device=dev)
@@ -689,9 +761,57 @@ class Engine:
             self._unif, self._out = unif, out
 
     # ---- the forward pass ------------------------------------------------------------------------
-    def _forward(self, ids: torch.Tensor, slots, lens: torch.Tensor, qlens: torch.Tensor,
-                 pick: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """Run ids through the model, writing their KV into the slots; return logits at the picked positions.
+    def _compute(self, n_dec: int, pre: _Prefill | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One decode token for slots 0..n_dec-1 and the prefill rows of pre, in one pass where possible.
+
+        Returns:
+            [n_dec, V] next-token logits of the decoding slots, and [P, V] logits at the needed positions
+            of the prefill rows (row after row), each None when that part is empty.
+        """
+        if n_dec == 0 and pre is None:
+            return None, None
+        self.counters["forward_passes"] += 1
+        dev = dict(dtype=torch.long, device=self.device)
+        if pre is not None:
+            qlens = [len(s.prompt) - m for s, m in zip(pre.rows, pre.lens)]
+            q = max(qlens)
+            ids = torch.zeros(len(pre.rows), q, dtype=torch.long)
+            picks_r, picks_c = [], []
+            for r, s in enumerate(pre.rows):
+                ids[r, :qlens[r]] = torch.tensor(s.prompt[pre.lens[r]:], dtype=torch.long)
+                picks_r += [r] * (qlens[r] - pre.first[r])
+                picks_c += list(range(pre.first[r], qlens[r]))
+            slots, lens = torch.tensor(pre.slots, **dev), torch.tensor(pre.lens, **dev)
+            qlens_t = torch.tensor(qlens, **dev)
+            picks = (torch.tensor(picks_r, **dev), torch.tensor(picks_c, **dev))
+        if self._fast is None:  # HF forward: the decode part and the prefill part separately
+            dec = None
+            if n_dec:
+                lens_d = self._lens[:n_dec]
+                dec = self._hf_forward(self._next[:n_dec, None], slice(0, n_dec), lens_d, torch.ones_like(lens_d),
+                                       None)
+            return dec, (self._hf_forward(ids.to(self.device), slots, lens, qlens_t, picks) if pre is not None
+                         else None)
+        return self._lean_forward(n_dec, None if pre is None else (ids.to(self.device), slots, lens, qlens_t, picks))
+
+    def _masks(self, lens: torch.Tensor, qlens: torch.Tensor, q: int):
+        """Positions [B, Q], visibility [B, 1, Q, tk] and tk for rows whose tokens start at position lens.
+
+        A query at position p sees keys 0..p; a padded query (past qlens) sees only its row's real keys,
+        which keeps its (discarded) output finite.
+        """
+        dev = self.device
+        steps = torch.arange(q, device=dev)
+        pos = lens[:, None] + steps                                                  # [B, Q]
+        ends = lens + qlens                                                          # [B] cached after this call
+        tk = int(ends.max())
+        last = torch.minimum(pos, (ends - 1)[:, None])                               # [B, Q]
+        visible = (torch.arange(tk, device=dev) <= last[:, :, None])[:, None]        # [B, 1, Q, tk]
+        return pos, visible, tk
+
+    def _hf_forward(self, ids: torch.Tensor, slots, lens: torch.Tensor, qlens: torch.Tensor,
+                    pick: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The model's own forward with the slot buffer as its cache (any architecture).
 
         Args:
             ids: [B, Q] input tokens, right-padded; row b has qlens[b] real tokens.
@@ -702,66 +822,195 @@ class Engine:
             [P, V] logits.
         """
         B, Q = ids.shape
-        dev = self.device
-        steps = torch.arange(Q, device=dev)
-        pos = lens[:, None] + steps                                                  # [B, Q]
-        ends = lens + qlens                                                          # [B] cached after this call
-        tk = int(ends.max())
-        # a padded query sees only its row's real keys (its output is discarded; this keeps it finite)
-        last = torch.minimum(pos, (ends - 1)[:, None])                               # [B, Q]
-        visible = torch.arange(tk, device=dev) <= last[:, :, None]                   # [B, Q, tk]
-        mask = torch.zeros(B, 1, Q, tk, dtype=self.dtype, device=dev).masked_fill_(~visible[:, None], float("-inf"))
+        pos, visible, tk = self._masks(lens, qlens, Q)
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, float("-inf"))
         slot_idx = self._slot_ids[slots] if isinstance(slots, slice) else slots      # [B]
-        if Q == 1:
-            keep, rows, cols = None, slot_idx, lens
-        else:
-            keep = steps[None] < qlens[:, None]                                      # [B, Q] real tokens
-            rows, cols = slot_idx[:, None].expand(B, Q)[keep], pos[keep]             # [N]
-        self.counters["forward_passes"] += 1
-        if pick is None:
-            pick = (torch.arange(B, device=dev), qlens - 1)
-        if self.fast_path:
-            hidden = self._lean_forward(ids, pos, mask, slots, rows, cols, keep, tk)  # [B, Q, H]
-            mm = self.model.model
-            return self.model.lm_head(mm.norm(hidden[pick]))
-        view = _SlotView(self, slots, rows, cols, keep, tk)
+        keep = torch.arange(Q, device=self.device)[None] < qlens[:, None]            # [B, Q] real tokens
+        view = _SlotView(self, slots, slot_idx[:, None].expand(B, Q)[keep], pos[keep], keep, tk)
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=view, use_cache=True)
-        return out.logits[pick]
+        return out.logits[pick if pick is not None else (torch.arange(B, device=self.device), qlens - 1)]
 
     def _write_read(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots, rows, cols, keep, tk):
         """Write k, v ([B, Hkv, Q, D]) of real tokens into the slots; return the slots' [B, Hkv, tk, D] K and V."""
         kv = self._kv[layer]                                                          # [2, S, Hkv, T, D]
-        if keep is None:
-            kv[0][rows, :, cols] = k[:, :, 0]
-            kv[1][rows, :, cols] = v[:, :, 0]
-        else:
-            kv[0][rows, :, cols] = k.transpose(1, 2)[keep]                            # [N, Hkv, D]
-            kv[1][rows, :, cols] = v.transpose(1, 2)[keep]
+        kv[0][rows, :, cols] = k.transpose(1, 2)[keep]                                # [N, Hkv, D]
+        kv[1][rows, :, cols] = v.transpose(1, 2)[keep]
         return kv[0][slots, :, :tk], kv[1][slots, :, :tk]
 
-    def _lean_forward(self, ids, pos, mask, slots, rows, cols, keep, tk) -> torch.Tensor:
-        """The decoder stack of a Llama-family model with the slot cache: [B, Q] ids -> [B, Q, H] hidden."""
+    def _lean_forward(self, n_dec: int, pre) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A Llama-family decoder over a flat batch of tokens: one per decoding slot, then the prefill tokens.
+
+        Norms, projections and MLPs run once over all N tokens ([N, H]); attention runs in two parts:
+        the decode tokens against their slots' contiguous KV view, and the prefill tokens, regrouped
+        into right-padded rows [P, Q], against their slots' KV (gathered).
+        """
+        w = self._fast
+        dev = self.device
+        hq, hkv, d = w.q_heads, self.kv_heads, self.head_dim
+        toks, poss, slot_of_tok = [], [], []
+        if n_dec:
+            lens_d = self._lens[:n_dec]
+            toks.append(self._next[:n_dec])
+            poss.append(lens_d)
+            slot_of_tok.append(self._slot_ids[:n_dec])
+            tk_d = int(lens_d.max()) + 1
+            vis_d = (torch.arange(tk_d, device=dev) <= lens_d[:, None])[:, None, None]   # [n_dec, 1, 1, tk_d]
+            mask_d = torch.where(vis_d, 0.0, float("-inf")).to(self.dtype)
+        if pre is not None:
+            ids, slots_p, lens_p, qlens_p, (pick_r, pick_c) = pre
+            P, Q = ids.shape
+            pos_p, vis_p, tk_p = self._masks(lens_p, qlens_p, Q)                      # [P, Q], [P, 1, Q, tk_p]
+            mask_p = torch.where(vis_p, 0.0, float("-inf")).to(self.dtype)
+            real = torch.arange(Q, device=dev)[None] < qlens_p[:, None]               # [P, Q]
+            toks.append(ids[real])
+            poss.append(pos_p[real])
+            slot_of_tok.append(slots_p[:, None].expand(P, Q)[real])
+            # flat index of each padded prefill position (padding points at token 0; its output is dropped)
+            flat = torch.zeros(P, Q, dtype=torch.long, device=dev)
+            flat[real] = n_dec + torch.arange(int(real.sum()), device=dev)
+            picked = flat[pick_r, pick_c]                                              # [picks] flat indices
+        tok = torch.cat(toks) if len(toks) > 1 else toks[0]                            # [N]
+        pos = torch.cat(poss) if len(poss) > 1 else poss[0]                            # [N]
+        slot = torch.cat(slot_of_tok) if len(slot_of_tok) > 1 else slot_of_tok[0]      # [N]
+        N = tok.shape[0]
+        x = F.embedding(tok, w.embed)                                                  # [N, H]
+        top = max(tk_d if n_dec else 0, tk_p + Q if pre is not None else 0)         # > every position
+        cos, sin = w.rope(pos, top)                                                    # [N, 1, D]
+        for i, lw in enumerate(w.layers):
+            h = F.rms_norm(x, w.norm_shape, lw.ln1, lw.eps1)
+            qkv = F.linear(h, lw.qkv, lw.qkv_b).view(N, hq + 2 * hkv, d)               # [N, Hq + 2Hkv, D]
+            if lw.q_norm is None:
+                qk = qkv[:, :hq + hkv]
+                qk = qk * cos + _rotate_half(qk) * sin                                 # [N, Hq + Hkv, D]
+                q, k = qk[:, :hq], qk[:, hq:]
+            else:  # qwen3: RMSNorm over each head of q and k before RoPE
+                q = F.rms_norm(qkv[:, :hq], (d,), lw.q_norm, lw.qk_eps)
+                k = F.rms_norm(qkv[:, hq:hq + hkv], (d,), lw.k_norm, lw.qk_eps)
+                q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            v = qkv[:, hq + hkv:]                                                      # [N, Hkv, D]
+            keys, values = self._k[i], self._v[i]                                      # [S, Hkv, T, D] each
+            keys[slot, :, pos] = k
+            values[slot, :, pos] = v
+            outs = []
+            if n_dec:
+                o = F.scaled_dot_product_attention(q[:n_dec, :, None], keys[:n_dec, :, :tk_d], values[:n_dec, :, :tk_d],
+                                                   attn_mask=mask_d, scale=lw.scaling, enable_gqa=hq != hkv)
+                outs.append(o.view(n_dec, hq * d))                                     # [n_dec, Hq D]
+            if pre is not None:
+                qp = q[flat].transpose(1, 2)                                           # [P, Hq, Q, D]
+                o = F.scaled_dot_product_attention(qp, keys[slots_p, :, :tk_p], values[slots_p, :, :tk_p],
+                                                   attn_mask=mask_p, scale=lw.scaling, enable_gqa=hq != hkv)
+                outs.append(o.transpose(1, 2)[real].reshape(-1, hq * d))               # [Np, Hq D]
+            o = torch.cat(outs) if len(outs) > 1 else outs[0]                          # [N, Hq D]
+            x = x + F.linear(o, lw.o, lw.o_b)
+            h = F.rms_norm(x, w.norm_shape, lw.ln2, lw.eps2)
+            gate, up = F.linear(h, lw.gate_up, lw.gate_up_b).chunk(2, dim=-1)         # [N, I] each
+            x = x + F.linear(lw.act(gate) * up, lw.down, lw.down_b)
+        if pre is None:
+            return w.logits(x), None
+        logits = w.logits(torch.cat([x[:n_dec], x[picked]]) if n_dec else x[picked])
+        return (logits[:n_dec] if n_dec else None), logits[n_dec:]
+
+
+@dataclass
+class _LayerWeights:
+    ln1: torch.Tensor
+    eps1: float
+    qkv: torch.Tensor                  # [(Hq + 2 Hkv) D, H]: q, k and v projections stacked
+    qkv_b: torch.Tensor | None
+    q_norm: torch.Tensor | None        # qwen3 per-head norms
+    k_norm: torch.Tensor | None
+    qk_eps: float
+    scaling: float
+    o: torch.Tensor
+    o_b: torch.Tensor | None
+    ln2: torch.Tensor
+    eps2: float
+    gate_up: torch.Tensor              # [2I, H]: gate and up projections stacked
+    gate_up_b: torch.Tensor | None
+    down: torch.Tensor
+    down_b: torch.Tensor | None
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _cat_bias(*linears) -> torch.Tensor | None:
+    if all(m.bias is None for m in linears):
+        return None
+    return torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in linears])
+
+
+class _FastWeights:
+    """A Llama-family model's weights arranged for the lean forward: q/k/v and gate/up stacked into one
+    matrix each (fewer, larger matmuls), RoPE cos/sin as tables. Stacked copies go stale when a
+    parameter changes, so `refresh` compares parameter versions and rebuilds."""
+
+    STATIC_ROPE = ("default", "linear", "llama3", "yarn")   # frequencies that do not depend on the length
+
+    def __init__(self, model):
+        self.model = model
+        self.params = list(model.parameters())   # in-place updates (load_weights, optimizers) bump _version
+        self.stamp = None
+        self.refresh()
+
+    @staticmethod
+    def supports(model) -> bool:
+        mm = getattr(model, "model", None)
+        if model.config.model_type not in FAST_PATH_MODELS or mm is None or not hasattr(model, "lm_head"):
+            return False
+        norms = [mm.norm] + [n for layer in mm.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        return all(hasattr(n, "variance_epsilon") for n in norms) and all(
+            hasattr(layer.mlp, "gate_proj") and hasattr(layer.self_attn, "q_proj") for layer in mm.layers)
+
+    def refresh(self) -> None:
+        stamp = [p._version for p in self.params]
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
         mm = self.model.model
-        B, Q = ids.shape
-        x = mm.embed_tokens(ids)                                                      # [B, Q, H]
-        cos, sin = mm.rotary_emb(x, pos)                                              # [B, Q, D]
-        cos, sin = cos[:, None], sin[:, None]                                         # [B, 1, Q, D]
-        for i, layer in enumerate(mm.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, Q, -1, self.head_dim)                          # [B, Q, Hq, D]
-            k = attn.k_proj(h).view(B, Q, -1, self.head_dim)                          # [B, Q, Hkv, D]
-            v = attn.v_proj(h).view(B, Q, -1, self.head_dim).transpose(1, 2)          # [B, Hkv, Q, D]
-            if hasattr(attn, "q_norm"):  # qwen3: RMSNorm over each head
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-            keys, values = self._write_read(i, k, v, slots, rows, cols, keep, tk)    # [B, Hkv, tk, D]
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling,
-                                               enable_gqa=q.shape[1] != keys.shape[1])  # [B, Hq, Q, D]
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, Q, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return x
+        cfg = self.model.config
+        act = F.silu if cfg.hidden_act == "silu" else mm.layers[0].mlp.act_fn
+        self.embed = mm.embed_tokens.weight.detach()
+        self.head = self.model.lm_head.weight.detach()
+        self.head_b = None if self.model.lm_head.bias is None else self.model.lm_head.bias.detach()
+        self.final_norm, self.final_eps = mm.norm.weight.detach(), mm.norm.variance_epsilon
+        self.norm_shape = (self.embed.shape[1],)
+        self.q_heads = cfg.num_attention_heads
+        self.layers = []
+        with torch.no_grad():
+            for layer in mm.layers:
+                a, m = layer.self_attn, layer.mlp
+                self.layers.append(_LayerWeights(
+                    ln1=layer.input_layernorm.weight.detach(), eps1=layer.input_layernorm.variance_epsilon,
+                    qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                    qkv_b=_cat_bias(a.q_proj, a.k_proj, a.v_proj),
+                    q_norm=a.q_norm.weight.detach() if hasattr(a, "q_norm") else None,
+                    k_norm=a.k_norm.weight.detach() if hasattr(a, "k_norm") else None,
+                    qk_eps=a.q_norm.variance_epsilon if hasattr(a, "q_norm") else 0.0,
+                    scaling=a.scaling,
+                    o=a.o_proj.weight.detach(), o_b=None if a.o_proj.bias is None else a.o_proj.bias.detach(),
+                    ln2=layer.post_attention_layernorm.weight.detach(),
+                    eps2=layer.post_attention_layernorm.variance_epsilon,
+                    gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                    gate_up_b=_cat_bias(m.gate_proj, m.up_proj),
+                    down=m.down_proj.weight.detach(), down_b=None if m.down_proj.bias is None else m.down_proj.bias.detach(),
+                    act=act))
+        self.rotary = mm.rotary_emb
+        self.cos = self.sin = None
+
+    def rope(self, pos: torch.Tensor, need: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [..., 1, D] for positions [...] (all < need), from tables when the RoPE kind allows."""
+        if getattr(self.rotary, "rope_type", "default") not in self.STATIC_ROPE:
+            cos, sin = self.rotary(self.embed[:1], pos[None])                  # [1, ..., D]
+            return cos[0].unsqueeze(-2), sin[0].unsqueeze(-2)
+        if self.cos is None or self.cos.shape[0] < need:
+            n = max(need, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
+            cos, sin = self.rotary(self.embed[:1], torch.arange(n, device=pos.device)[None])   # [1, n, D]
+            self.cos, self.sin = cos[0], sin[0]
+        return self.cos[pos].unsqueeze(-2), self.sin[pos].unsqueeze(-2)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[P, H] last hidden states -> [P, V] logits."""
+        return F.linear(F.rms_norm(hidden, self.norm_shape, self.final_norm, self.final_eps), self.head, self.head_b)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
