@@ -108,7 +108,11 @@ def main() -> None:
     for r in ablation:
         lines.append(f"| {r['variant']} | {r['accuracy']:.3f} | {r['mean_tokens']:.0f} | {r['seconds_per_problem']:.3f} |")
     lines += ["", "No PRM row: the PRM is trained by the learning issue; until then a '+ PRM' row would only "
-              "repeat the value critic under another name."]
+              "repeat the value critic under another name.", "",
+              "Reading the tables: a method that stops by itself (greedy; A* at its first terminal; MCTS once every "
+              "path ends in an answer, after which simulations revisit terminals without generating) spends the same "
+              "tokens at every budget, so only sc, wvote and bon scale with it. Seconds per problem are wall time "
+              "on a shared 2-core machine and move with whatever else runs."]
     (out / "search_quality.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'search_quality.md'}")
 
