@@ -174,9 +174,10 @@ class Controller:
         nodes = [n for b in batches for n in b.nodes]
         trajs = [t for b in batches for t in b.trajectories]
         self.replay.add([n for n in nodes if not np.isnan(n.value_target)])
-        replayed = self.replay.sample(min(len(self.replay), self.cfg.learner.value_samples), self.rng)
         stale = self.replay.staleness(self.version)
-        states, targets = value_examples(replayed)
+        fresh = [rec for rec, s in zip(self.replay, stale) if s <= self.cfg.learner.value_max_staleness]
+        keep = self.rng.permutation(len(fresh))[:self.cfg.learner.value_samples]
+        states, targets = value_examples([fresh[i] for i in keep])
         m_value = self.learner.train_value.remote(states, targets)
         m_policy = self.learner.train_policy.remote([t.prompt for t in trajs], [t.solution for t in trajs])
         self._save_trees(r, [t for b in batches for t in b.trees][:self.cfg.loop.log_trees])

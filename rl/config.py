@@ -126,8 +126,12 @@ class LearnerConfig:
     batch_size: int = 32
     policy_epochs: int = 3
     value_epochs: int = 3
-    replay_capacity: int = 20000   # node records kept across rounds (oldest evicted); part of the checkpoint
-    value_samples: int = 16000     # records drawn uniformly from the replay buffer to train V each round
+    replay_capacity: int = 50000   # node records kept across rounds (oldest evicted); part of the checkpoint
+    value_samples: int = 20000     # replayed records drawn uniformly to train V each round
+    # V is trained on records at most this many versions old. 0 (this round's searches only) is the default
+    # because Monte Carlo targets of older policies are off-policy: measured on the embedded task, training
+    # V on the whole buffer raised its held-out ECE from 0.05-0.16 to 0.33-0.48.
+    value_max_staleness: int = 0
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
