@@ -226,6 +226,19 @@ def test_seeded_sampling_is_reproducible_and_ordered(sharp_dir):
     assert small.stats()["max_batch"] == 2
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_continuous_batching_matches_one_big_batch(sharp_dir, fast_path):
+    """16 sequences through 3 slots: prompts are encoded while other slots decode, results unchanged."""
+    big = _engine(sharp_dir, fast_path=fast_path)
+    small = _engine(sharp_dir, fast_path=fast_path, max_batch_size=3)
+    kw = dict(temperature=1.0, max_new_tokens=10, seed=4)
+    want = big.sample_steps(PROMPTS, 2, **kw)
+    assert _same(small.sample_steps(PROMPTS, 2, **kw), want)
+    assert small.stats()["max_batch"] == 3 and small.stats()["steps"] > big.stats()["steps"]
+    assert [s.token_ids for s in small.complete(PROMPTS, max_new_tokens=12)] == \
+        [s.token_ids for s in big.complete(PROMPTS, max_new_tokens=12)]
+
+
 def test_logprob_is_the_sum_under_the_temperature_scaled_distribution(sharp_dir):
     eng = _engine(sharp_dir)
     temp = 0.7

@@ -20,32 +20,32 @@ greedy), as in `Policy`.
 
 How this engine works
 ---------------------
-* Slots. The KV cache is one preallocated buffer `kv` [L, 2, S, Hkv, T, D] with S = max_batch_size
-  slots. A sequence owns one slot; its token at position p sits at column p of its slot, so positions
-  are plain indices and no row is ever padded on the left. Active sequences occupy slots 0..n-1
-  (kept compact), so the decode step reads views, not copies.
-* One step = admit + decode + sample. Waiting requests take free slots (continuous batching: a finished
-  sequence frees its slot at once and the next request takes it); their prompts are prefilled in one
-  right-padded forward (queries past a row's length are masked and never written to the cache), then
-  all other active sequences decode one token in one forward; every row is sampled at once.
-  Attention uses an explicit mask [B, 1, Q, T] (key j visible to the query at position p iff j <= p)
-  and explicit position ids, so each row computes exactly what a full recompute of that row would.
+* Slots. The KV cache is one preallocated buffer [L, 2, S, Hkv, T, D] with S = max_batch_size slots.
+  A sequence owns one slot and its token at position p sits at column p, so positions are plain
+  indices and nothing is padded on the left. Active sequences occupy slots 0..n-1 (a finished
+  sequence's slot is refilled from the end), so decoding reads views of the buffer, not copies.
+* One step = admit + one forward + sample. Waiting requests take free slots (continuous batching:
+  a finished sequence frees its slot at once and the next waiting request takes it in the next step);
+  the rest of their prompts is encoded in the same forward that decodes one token for every active
+  sequence. Each attention uses an explicit visibility mask (the query at position p sees keys 0..p of
+  its own slot) and explicit positions, so every row computes what a full recompute of that row would.
 * Prefix reuse. `PrefixCache` is a radix tree over token ids whose nodes hold the KV of their tokens,
-  bounded by total cached tokens with LRU eviction of leaves. A new request copies the KV of its
+  bounded by total cached tokens with LRU eviction of leaves. An admitted request copies the KV of its
   longest cached prefix into its slot and only encodes the rest (at least its last token, whose logits
-  it needs). Prompts are inserted after prefill, finished sequences (prompt + step) when they retire,
-  so the children and rollouts of a search node start from the node's KV. Requests that share a
-  prompt in one admission are prefilled once and the KV copied to their siblings.
+  it needs). Prompts are cached after their prefill and finished sequences (prompt + step) when they
+  retire, so the children and rollouts of a search node start from the node's KV. Requests that share
+  a prompt in one admission encode it once and copy the KV to their siblings.
 * Sampling. Each sequence draws its uniforms up front from its own torch.Generator, seeded from
   (call seed, prefix index, sample index); tokens are sampled by inverse CDF. The samples therefore do
   not depend on what else is in the batch: same seed, same samples.
 * Threads. The engine is thread-safe and batches across callers: searches running in several threads
   share one decode batch. The first caller with unfinished work drives the decode loop until its own
-  requests are done, then hands the loop to a waiting caller.
+  requests are done, then hands the loop to a waiting caller; the others sleep until theirs are done.
 * Forward. For Llama-family models (llama, mistral without a sliding window, qwen2, qwen3) a lean
-  forward calls the model's own modules (norms, MLPs, rotary embedding) but does the cache writes and
-  attention itself, avoiding most of the per-call overhead of the HF forward; `fast_path=False` (or any
-  other architecture) runs the HF forward with the slot cache passed as `past_key_values`.
+  forward runs all tokens of a step as one flat batch ([N, H]: stacked q/k/v and gate/up weights,
+  RoPE tables) with attention in two parts (decode tokens against a view of their slots, prompt tokens
+  regrouped into padded rows); at small sizes it costs about half the HF forward. `fast_path=False`
+  (and any other architecture) runs the model's own forward with the slot buffer as `past_key_values`.
 """
 from __future__ import annotations
 
@@ -744,7 +744,8 @@ class Engine:
         """Grow the KV buffer to at least t positions and the per-slot step buffers to u steps."""
         S, dev = self.max_batch_size, self.device
         if self._kv is None or self._kv.shape[4] < t:
-            cap = max(t, 64, 0 if self._kv is None else 2 * self._kv.shape[4])
+            old = 0 if self._kv is None else self._kv.shape[4]
+            cap = max(-(-t // 64) * 64, old + old // 4)   # whole blocks of 64; grow by >= 1/4 to limit copies
             # zeros, not empty: masked positions still enter q @ k (times a -inf mask), and NaN * 0 is NaN
             kv = torch.zeros(self.num_layers, 2, S, self.kv_heads, cap, self.head_dim, dtype=self.dtype, device=dev)
             if self._kv is not None:
@@ -933,6 +934,10 @@ class _LayerWeights:
     act: Callable[[torch.Tensor], torch.Tensor]
 
 
+def _bias(linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach()
+
+
 def _cat_bias(*linears) -> torch.Tensor | None:
     if all(m.bias is None for m in linears):
         return None
@@ -971,7 +976,7 @@ class _FastWeights:
         act = F.silu if cfg.hidden_act == "silu" else mm.layers[0].mlp.act_fn
         self.embed = mm.embed_tokens.weight.detach()
         self.head = self.model.lm_head.weight.detach()
-        self.head_b = None if self.model.lm_head.bias is None else self.model.lm_head.bias.detach()
+        self.head_b = _bias(self.model.lm_head)
         self.final_norm, self.final_eps = mm.norm.weight.detach(), mm.norm.variance_epsilon
         self.norm_shape = (self.embed.shape[1],)
         self.q_heads = cfg.num_attention_heads
@@ -987,12 +992,12 @@ class _FastWeights:
                     k_norm=a.k_norm.weight.detach() if hasattr(a, "k_norm") else None,
                     qk_eps=a.q_norm.variance_epsilon if hasattr(a, "q_norm") else 0.0,
                     scaling=a.scaling,
-                    o=a.o_proj.weight.detach(), o_b=None if a.o_proj.bias is None else a.o_proj.bias.detach(),
+                    o=a.o_proj.weight.detach(), o_b=_bias(a.o_proj),
                     ln2=layer.post_attention_layernorm.weight.detach(),
                     eps2=layer.post_attention_layernorm.variance_epsilon,
                     gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
                     gate_up_b=_cat_bias(m.gate_proj, m.up_proj),
-                    down=m.down_proj.weight.detach(), down_b=None if m.down_proj.bias is None else m.down_proj.bias.detach(),
+                    down=m.down_proj.weight.detach(), down_b=_bias(m.down_proj),
                     act=act))
         self.rotary = mm.rotary_emb
         self.cos = self.sin = None
