@@ -68,7 +68,7 @@ def cmd_eval(args) -> int:
     problems = load_problems(args.data)
     task = TASKS[cfg.task.name](cfg.task.arithmetic)
     worker = RolloutWorker(task, cfg.search, str(ck / "policy"), str(ck / "value"), device=cfg.model.device,
-                           seed=cfg.seed)
+                           seed=cfg.seed, backend=cfg.model.backend)
     records = worker.evaluate(problems, args.method)
     acc = float(np.mean([r.correct for r in records]))
     out = {"checkpoint": str(ck), "data": args.data, "method": args.method, "accuracy": acc, "n": len(records),

@@ -58,6 +58,7 @@ class ModelConfig:
     value: str | None = None       # critic folder; None = the policy backbone with a new scalar head
     embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
     device: str = "auto"           # auto picks cuda when present, else cpu
+    backend: Literal["hf", "engine"] = "hf"  # rollout generation: transformers generate, or rl.models.engine.Engine
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from rl.config import SearchConfig
 from rl.experience import NodeExperience, Trajectory, experiences_from_search
 from rl.models import Policy, ValueCritic
+from rl.models.engine import Engine
 from rl.models.weights import Weights
 from rl.search import Budget, Models, build_search, greedy_batch
 from rl.tasks.base import Problem, Task
@@ -45,12 +46,15 @@ class RolloutBatch:
 
 class RolloutWorker:
     def __init__(self, task: Task, search_cfg: SearchConfig, policy_path: str, value_path: str, *,
-                 device: str = "auto", seed: int = 0, num_threads: int | None = None):
+                 device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf"):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.task = task
         self.search_cfg = search_cfg
-        self.policy = Policy.from_pretrained(policy_path, device=device)
+        backends = {"hf": Policy, "engine": Engine}
+        if backend not in backends:
+            raise ValueError(f"model.backend = {backend!r}: use one of {', '.join(backends)}")
+        self.policy = backends[backend].from_pretrained(policy_path, device=device)
         self.value = ValueCritic.from_pretrained(value_path, tokenizer_path=policy_path, device=device)
         self.rng = np.random.default_rng(seed)
         self.pid = os.getpid()
