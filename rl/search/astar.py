@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 from rl.search.tree import Tree
-from rl.search.types import Budget, Models, SearchResult, Spent
+from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily
 from rl.tasks.base import Problem, Task
 
 if TYPE_CHECKING:  # rl.models.policy imports torch; search code only reads the dataclass
@@ -170,10 +170,8 @@ class AStar:
             else:  # every state was popped and none had candidates: the best f anywhere (first of equals)
                 chosen = int(np.argmax(tree.evaluation[:tree.size]))
             if not tree.terminal[chosen]:  # stops short of an answer: finish it greedily
-                done = models.policy.complete([tree.state(chosen)], temperature=0.0,
-                                              max_new_tokens=self.step_max_tokens * self.max_depth)[0]
-                spent.generated_tokens += done.num_tokens
-                solution_tail = done.text
+                solution_tail = finish_greedily(tree, chosen, models.policy, spent,
+                                                max_new_tokens=self.step_max_tokens * self.max_depth)
         solution = tree.steps(chosen) + solution_tail
         spent.seconds = time.perf_counter() - t0
         return AStarResult(answer=task.extract_answer(solution), solution=solution, tree=tree, chosen=chosen,

@@ -21,7 +21,7 @@ import numpy as np
 
 from rl.search.sampling import critic_or_value, out_of_tokens, score_nodes
 from rl.search.tree import Tree
-from rl.search.types import Budget, Models, SearchResult, Spent
+from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily
 from rl.tasks.base import Problem, Task
 
 
@@ -63,10 +63,8 @@ class StepBeam:
             # beams are best-first, so beams[0] is the best live beam (the root if nothing was kept)
             chosen = beams[0] if beams else 0
             if not out_of_tokens(budget, spent):
-                done = models.policy.complete([tree.state(chosen)], temperature=0.0,
-                                              max_new_tokens=self.step_max_tokens * self.max_depth)[0]
-                spent.generated_tokens += done.num_tokens
-                solution_tail = done.text
+                solution_tail = finish_greedily(tree, chosen, models.policy, spent,
+                                                max_new_tokens=self.step_max_tokens * self.max_depth)
         solution = tree.steps(chosen) + solution_tail
         spent.seconds = time.perf_counter() - t0
         return SearchResult(answer=task.extract_answer(solution), solution=solution, tree=tree,

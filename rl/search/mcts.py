@@ -22,7 +22,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from rl.search.tree import Tree, backup, puct_select, uct_select
-from rl.search.types import Budget, Models, SearchResult, Spent
+from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily
 from rl.tasks.base import Problem, Task
 
 
@@ -107,10 +107,9 @@ class MCTS:
             backup(tree, node, score)
         chosen = self._choose(tree, task)
         solution = tree.steps(chosen)
-        if not tree.terminal[chosen]:  # the chosen path stops short of an answer: finish it greedily
-            done = models.policy.complete([tree.state(chosen)], max_new_tokens=self.step_max_tokens * self.max_depth)[0]
-            spent.generated_tokens += done.num_tokens
-            solution += done.text
+        if not tree.terminal[chosen]:  # the chosen path stops short of an answer
+            solution += finish_greedily(tree, chosen, models.policy, spent,
+                                        max_new_tokens=self.step_max_tokens * self.max_depth)
         spent.seconds = time.perf_counter() - t0
         return SearchResult(answer=task.extract_answer(solution), solution=solution, tree=tree,
                             chosen=chosen, spent=spent)

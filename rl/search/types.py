@@ -56,3 +56,10 @@ class SearchResult:
 class Search(Protocol):
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult: ...
+
+
+def finish_greedily(tree: Tree, node: int, policy, spent: Spent, *, max_new_tokens: int) -> str:
+    """Greedy completion of a path that stops short of an answer; its tokens are added to spent."""
+    done = policy.complete([tree.state(node)], temperature=0.0, max_new_tokens=max_new_tokens)[0]
+    spent.generated_tokens += done.num_tokens
+    return done.text
