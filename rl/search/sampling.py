@@ -102,6 +102,12 @@ def _first_with(answers: list[str | None], answer: str | None) -> int:
     return answers.index(answer) if answer is not None else 0
 
 
+def _draw(search, problem: Problem, task: Task, models: Models, budget: Budget, rng: np.random.Generator):
+    """draw_solutions with the sampling hyperparameters (n, batch_size, temperature, max_new_tokens) of search."""
+    return draw_solutions(problem, task, models, budget, rng, n=search.n, batch_size=search.batch_size,
+                          temperature=search.temperature, max_new_tokens=search.max_new_tokens)
+
+
 @dataclass(frozen=True)
 class SelfConsistency:
     """Majority vote over the answers of N sampled solutions (self-consistency, Wang et al. 2022).
@@ -116,9 +122,7 @@ class SelfConsistency:
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:
         t0 = time.perf_counter()
-        tree, leaves, answers, spent = draw_solutions(problem, task, models, budget, rng, n=self.n,
-                                                      batch_size=self.batch_size, temperature=self.temperature,
-                                                      max_new_tokens=self.max_new_tokens)
+        tree, leaves, answers, spent = _draw(self, problem, task, models, budget, rng)
         return _result(tree, leaves, answers, _first_with(answers, majority_vote(answers)), spent, t0)
 
 
@@ -138,9 +142,7 @@ class WeightedVote:
                  rng: np.random.Generator) -> SearchResult:
         t0 = time.perf_counter()
         critic = critic_or_value(models, "orm", "WeightedVote")  # before sampling: fail without spending tokens
-        tree, leaves, answers, spent = draw_solutions(problem, task, models, budget, rng, n=self.n,
-                                                      batch_size=self.batch_size, temperature=self.temperature,
-                                                      max_new_tokens=self.max_new_tokens)
+        tree, leaves, answers, spent = _draw(self, problem, task, models, budget, rng)
         scores = score_nodes(tree, leaves, critic, spent)
         return _result(tree, leaves, answers, _first_with(answers, majority_vote(answers, scores)), spent, t0)
 
@@ -161,8 +163,6 @@ class BestOfN:
                  rng: np.random.Generator) -> SearchResult:
         t0 = time.perf_counter()
         critic = critic_or_value(models, "orm", "BestOfN")
-        tree, leaves, answers, spent = draw_solutions(problem, task, models, budget, rng, n=self.n,
-                                                      batch_size=self.batch_size, temperature=self.temperature,
-                                                      max_new_tokens=self.max_new_tokens)
+        tree, leaves, answers, spent = _draw(self, problem, task, models, budget, rng)
         scores = score_nodes(tree, leaves, critic, spent)
         return _result(tree, leaves, answers, int(np.argmax(scores)), spent, t0)  # argmax: first of equals
