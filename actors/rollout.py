@@ -22,7 +22,8 @@ class RolloutPool:
         self.actors = [
             RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=runtime_env(r.num_cpus))
             .remote(task, cfg.search, policy_path, value_path, device=cfg.model.device,
-                    seed=cfg.seed * 1000 + i, num_threads=threads_for(r.num_cpus), backend=cfg.model.backend)
+                    seed=cfg.seed * 1000 + i, num_threads=threads_for(r.num_cpus), backend=cfg.model.backend,
+                    critics=tuple(cfg.learner.critics), labels=cfg.labels)
             for i in range(r.num_actors)]
 
     def _map(self, problems: list[Problem], call, progress=None) -> list:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ import ray
 from tqdm import tqdm
 
 from actors.rollout import RolloutPool
-from learners.actor import start_learner
+from learners.group import LearnerGroup
+from learners.learner import Learner
 from launch import checkpoint as ckpt
 from launch.tracking import Tracker, format_table, write_summary
 from rl.config import Config, to_dict
-from rl.experience import ReplayBuffer, value_examples
-from rl.metrics import binary_auc, expected_calibration_error
+from rl.experience import CriticExample, NodeExperience, ReplayBuffer, value_examples
+from rl.labels import best_reward_below, terminal_examples, tree_transitions
+from rl.metrics import binary_auc, critic_report, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
 from rl.tasks import TASKS, load_problems
@@ -28,6 +31,17 @@ from rl.tasks.base import Problem
 BOOTSTRAP_SEED_OFFSET = 10**6   # keeps bootstrap problems apart from the per-round prompt seeds
 EVAL_SEED_OFFSET = 2 * 10**6
 REPLAY_FILE = "replay.jsonl"
+
+
+def is_heldout(problem_id: str, frac: float) -> bool:
+    """A stable split of problems into critic training and held-out data (same answer in every round)."""
+    return zlib.crc32(problem_id.encode()) % 10_000 < frac * 10_000
+
+
+def _split(texts: list[str], targets: np.ndarray, pids: list[str], frac: float):
+    held = np.array([is_heldout(p, frac) for p in pids], dtype=bool)
+    pick = lambda mask: ([t for t, m in zip(texts, mask) if m], np.asarray(targets)[mask])  # noqa: E731
+    return pick(~held), pick(held)
 
 
 class Controller:
@@ -91,13 +105,13 @@ class Controller:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      **({} if self.address else {"num_cpus": max(2, int(np.ceil(
                          c.rollout.num_actors * c.rollout.num_cpus + c.learner.num_cpus)))}))
-        self.learner = start_learner(c, policy_path, value_path)
+        self.learner = LearnerGroup(c, policy_path, value_path)
         self.pool = RolloutPool(c, policy_path, value_path)
         if self.resume_from is not None:
-            loaded = ray.get(self.learner.load.remote(str(self.resume_from)))
+            loaded = self.learner.call(Learner.load, str(self.resume_from))
             if loaded != self.version:
                 raise RuntimeError(f"{self.resume_from}: learner version {loaded} != loop state {self.version}")
-            self.pool.load_weights(self.version, ray.put(ray.get(self.learner.weights.remote())))
+            self.pool.load_weights(self.version, ray.put(self.learner.call(Learner.weights)))
         self.tracker = Tracker(self.run_dir, to_dict(c), mode=c.wandb.mode, project=c.wandb.project,
                                entity=c.wandb.entity)
 
@@ -134,7 +148,7 @@ class Controller:
         else:
             metrics.update(self._search_and_learn(r))
         t_push = time.perf_counter()
-        version, weights = ray.get(self.learner.publish.remote())
+        version, weights = self.learner.call(Learner.publish)
         confirmed = self.pool.load_weights(version, ray.put(weights))
         if any(v != version for v in confirmed):
             raise RuntimeError(f"rollout actors confirmed versions {confirmed}, expected {version}")
@@ -143,6 +157,7 @@ class Controller:
         metrics.update(self._evaluate(r))
         self.round = r
         row = {"round": r, "greedy_acc": metrics["eval/greedy_acc"], "search_acc": metrics["eval/search_acc"],
+               **{f"{m}_acc": metrics[f"eval/{m}_acc"] for m in self.cfg.loop.eval_methods},
                "train_solved": metrics.get("rollout/solved_frac", float("nan")), "value_ece": metrics["eval/value_ece"],
                "policy_version": version,
                "seconds": round(time.perf_counter() - t0, 1)}
@@ -159,9 +174,9 @@ class Controller:
             return {}
         probs = self.task.generate(b.examples, self.cfg.seed + BOOTSTRAP_SEED_OFFSET, "train")
         prompts = [self.task.prompt(p) for p in probs]
-        m = ray.get(self.learner.train_policy.remote(prompts, [p.solution for p in probs], steps=b.steps, lr=b.lr))
-        if self.cfg.model.value is None:  # the critic starts from the bootstrapped backbone
-            ray.get(self.learner.init_value_from_policy.remote())
+        m = self.learner.call(Learner.train_policy, prompts, [p.solution for p in probs], steps=b.steps, lr=b.lr)
+        if self.cfg.model.value is None:  # the critics start from the bootstrapped backbone
+            self.learner.call(Learner.init_value_from_policy)
         return {f"bootstrap/{k.split('/')[-1]}": v for k, v in m.items()}
 
     def _search_and_learn(self, r: int) -> dict:
@@ -177,11 +192,12 @@ class Controller:
         stale = self.replay.staleness(self.version)
         fresh = [rec for rec, s in zip(self.replay, stale) if s <= self.cfg.learner.value_max_staleness]
         keep = self.rng.permutation(len(fresh))[:self.cfg.learner.value_samples]
-        states, targets = value_examples([fresh[i] for i in keep])
-        m_value = self.learner.train_value.remote(states, targets)
-        m_policy = self.learner.train_policy.remote([t.prompt for t in trajs], [t.solution for t in trajs])
+        sampled = [fresh[i] for i in keep]
+        states, targets = value_examples(sampled)
+        metrics = self._fit_critic("value", states, targets, [n.problem_id for n in sampled if not np.isnan(n.value_target)])
+        metrics.update(self._train_critics(nodes, [e for b in batches for e in b.examples]))
+        metrics.update(self.learner.call(Learner.train_policy, [t.prompt for t in trajs], [t.solution for t in trajs]))
         self._save_trees(r, [t for b in batches for t in b.trees][:self.cfg.loop.log_trees])
-        metrics = {**ray.get(m_value), **ray.get(m_policy)}
         records = [rec for b in batches for rec in b.records]
         metrics.update({
             "rollout/solved_frac": len(trajs) / len(problems),
@@ -190,6 +206,41 @@ class Controller:
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
             "rollout/max_staleness": int(stale.max(initial=0)), **self.replay.metrics(),
             "time/search": t_search, "perf/problems_per_s": len(problems) / t_search})
+        return metrics
+
+    # ---- critics ---------------------------------------------------------------------
+    def _fit_critic(self, name: str, texts: list[str], targets: np.ndarray, pids: list[str]) -> dict:
+        """Train one critic on the training problems' labels; report it on the held-out problems' labels."""
+        (tr_x, tr_y), (ho_x, ho_y) = _split(texts, targets, pids, self.cfg.learner.holdout_frac)
+        metrics = self.learner.call(Learner.train_critic, name, tr_x, tr_y)
+        if ho_x:
+            metrics.update(critic_report(name, self.learner.call(Learner.critic_scores, name, ho_x), ho_y))
+        return metrics
+
+    def _train_critics(self, nodes: list[NodeExperience], examples: list[CriticExample]) -> dict:
+        """Q, PRM and ORM from this round's searches (learner.critics; labels.* says how)."""
+        L, frac, metrics = self.cfg.labels, self.cfg.learner.holdout_frac, {}
+        for name in self.cfg.learner.critics:
+            if name == "orm":
+                metrics.update(self._fit_critic("orm", *terminal_examples(nodes)))
+            elif name == "prm":
+                prm = [e for e in examples if e.kind == "prm"]
+                metrics.update(self._fit_critic("prm", [e.text for e in prm], np.array([e.target for e in prm]),
+                                                [e.problem_id for e in prm]))
+            elif name == "q" and L.q_source == "stronger":
+                q = [e for e in examples if e.kind == "q"]
+                metrics.update(self._fit_critic("q", [e.text for e in q], np.array([e.target for e in q]),
+                                                [e.problem_id for e in q]))
+            elif name == "q" and L.q_source == "rollout":
+                metrics.update(self._fit_critic("q", *best_reward_below(nodes)))
+            elif name == "q":  # fitted Q-iteration on the training problems' transitions
+                train = tree_transitions([n for n in nodes if not is_heldout(n.problem_id, frac)])
+                metrics.update(self.learner.call(Learner.train_q_fqi, train, iterations=L.fqi_iterations,
+                                                 gamma=L.gamma))
+                # held out: Q against the best reward the search reached below each (s, a)
+                texts, truth, _ = best_reward_below([n for n in nodes if is_heldout(n.problem_id, frac)])
+                if texts:
+                    metrics.update(critic_report("q", self.learner.call(Learner.critic_scores, "q", texts), truth))
         return metrics
 
     def _save_trees(self, r: int, trees: list[dict]) -> None:
@@ -214,6 +265,13 @@ class Controller:
                    disable=not self.console, position=1)
         searched = self.pool.evaluate(sub, c.search.method, progress=bar.update)
         bar.close()
+        more = {}
+        for m in c.loop.eval_methods:
+            t_m = time.perf_counter()
+            recs = searched if m == c.search.method else self.pool.evaluate(sub, m)
+            more.update({f"eval/{m}_acc": float(np.mean([x.correct for x in recs])),
+                         f"eval/{m}_tokens": float(np.mean([x.tokens for x in recs])),
+                         f"time/eval_{m}": time.perf_counter() - t_m})
         rewards = np.array([x.reward for x in greedy])
         values = np.array([x.value for x in greedy])
         return {"eval/greedy_acc": float(np.mean([x.correct for x in greedy])),
@@ -223,10 +281,10 @@ class Controller:
                 "eval/search_acc": float(np.mean([x.correct for x in searched])),
                 "eval/greedy_tokens": float(np.mean([x.tokens for x in greedy])),
                 "eval/search_tokens": float(np.mean([x.tokens for x in searched])),
-                "time/eval_greedy": t1 - t0, "time/eval_search": time.perf_counter() - t1}
+                "time/eval_greedy": t1 - t0, "time/eval_search": time.perf_counter() - t1, **more}
 
     def _checkpoint(self, r: int) -> Path:
         staging = ckpt.staging_dir(self.run_dir, r)
-        ray.get(self.learner.save.remote(str(staging)))
+        self.learner.call(Learner.save, str(staging))
         self.replay.save(staging / REPLAY_FILE)
         return ckpt.commit(staging, self.state_dict())

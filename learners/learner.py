@@ -1,6 +1,9 @@
-"""The learner: DeepSpeed engines for the policy (SFT) and the value critic (BCE on MC targets).
+"""The learner: DeepSpeed engines for the policy (SFT) and the critics V, Q, PRM, ORM (BCE on labels).
 
-A plain class (Ray wraps it in learners/actor.py). Losses and batches come from rl/losses.py.
+A plain class (Ray wraps it in learners/group.py). One instance is one rank
+of a data-parallel group: every rank draws the same global batch (same seed) and trains on its own
+slice of it, DeepSpeed averages the gradients. Losses and batches come from rl/losses.py, labels
+from rl/labels.py.
 """
 from __future__ import annotations
 
@@ -14,8 +17,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import torch.distributed as dist
+
 from learners.dist import bind_free_port, init_group
 from rl.config import LearnerConfig
+from rl.labels import QTransitions, fqi_targets
 from rl.losses import sft_batch, sft_loss, value_batch, value_loss
 from rl.models.critic import last_token_logits, load_value_model
 from rl.models.device import pick_device
@@ -24,40 +30,78 @@ from rl.models.weights import Weights, to_numpy
 MAX_LEN = 256  # tokens per training sequence; arithmetic solutions are well under 100
 
 
-def ds_config(cfg: LearnerConfig, on_gpu: bool) -> dict:
+def micro_batch(cfg: LearnerConfig, world_size: int) -> int:
+    """Per-rank micro batch: learner.batch_size is the global batch, split over ranks and accumulation steps."""
+    parts = world_size * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise ValueError(f"learner.batch_size = {cfg.batch_size} must be a multiple of learner ranks x "
+                         f"learner.grad_accum = {world_size} x {cfg.grad_accum}")
+    return cfg.batch_size // parts
+
+
+def ds_config(cfg: LearnerConfig, on_gpu: bool, world_size: int = 1) -> dict:
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
     return {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": micro_batch(cfg, world_size),
+        "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": zero,
+        # the client optimizer is torch AdamW (no fused-Adam build); offload then runs it on the CPU copy
+        "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": on_gpu and torch.cuda.is_bf16_supported()},  # fp32 on CPU
         "steps_per_print": 10**9,
     }
 
 
 class Learner:
+    """One learner rank. rank 0 of a 1-rank group needs no address: it binds a loopback port itself.
+
+    For M ranks (learners/group.py), rank 0's listening socket is made first (`listen_socket`) and its
+    address handed to every rank; all ranks then construct concurrently and meet in init_group.
+    """
+
     def __init__(self, cfg: LearnerConfig, policy_path: str, value_path: str, *, seed: int = 0,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, rank: int = 0, world_size: int = 1,
+                 master: tuple[str, int] | None = None, listen_socket=None):
         if num_threads:
             torch.set_num_threads(num_threads)
         if cfg.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"learner.zero_stage = {cfg.zero_stage}: use 0, 1, 2 or 3")
+        micro_batch(cfg, world_size)  # fail before any model loads
         self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
         self.device = pick_device()
-        self._sock = bind_free_port()
-        init_group(0, 1, "127.0.0.1", self._sock.getsockname()[1], self._sock)
+        if master is None:
+            if world_size != 1:
+                raise ValueError("a learner group of several ranks needs rank 0's address (master)")
+            listen_socket = bind_free_port()
+            master = ("127.0.0.1", listen_socket.getsockname()[1])
+        self._sock = listen_socket  # kept open: the store listens on it
+        init_group(rank, world_size, master[0], master[1], listen_socket)
         torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)  # same seed on every rank: the same global batches
         self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
         self.tokenizer.padding_side = "right"
         self.policy = self._engine(AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32), cfg.policy_lr)
-        self.value = self._engine(load_value_model(value_path), cfg.value_lr)
+        # the critics: V always, then learner.critics; every one a scalar head on the last token
+        self.critics = {"value": self._engine(load_value_model(value_path), cfg.value_lr)}
+        for name in cfg.critics:
+            self.critics[name] = self._engine(load_value_model(value_path), cfg.critic_lr)
         self.version = 0
+
+    @property
+    def value(self):
+        return self.critics["value"]
+
+    def _lr(self, name: str) -> float:
+        return self.cfg.value_lr if name == "value" else self.cfg.critic_lr
 
     def _engine(self, model, lr: float):
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)  # torch AdamW: no fused-Adam build
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
-                                          config=ds_config(self.cfg, self.device.type == "cuda"))
+                                          config=ds_config(self.cfg, self.device.type == "cuda", self.world_size))
         return engine
 
     # ---- training --------------------------------------------------------------------
@@ -67,22 +111,34 @@ class Learner:
         if lr is not None:  # a one-off rate (the bootstrap's), restored below
             for g in engine.optimizer.param_groups:
                 g["lr"] = lr
-        bs = self.cfg.batch_size
+        bs = self.cfg.batch_size  # global batch: every rank draws the same one and takes its slice
+        micro = micro_batch(self.cfg, self.world_size)
         total = steps if steps is not None else epochs * max(1, -(-n // bs))
         order, losses = np.array([], dtype=int), []
         engine.train()
         for _ in range(total):
-            if len(order) < min(bs, n):
+            while len(order) < bs:  # always a full global batch, so every rank has equal micro-batches
                 order = np.concatenate([order, self.rng.permutation(n)])
             idx, order = order[:bs], order[bs:]
-            batch = {k: v.to(engine.device) for k, v in make_batch(idx).items()}
-            loss = loss_fn(engine, batch)
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach()))
+            mine = idx.reshape(self.cfg.grad_accum, self.world_size, micro)[:, self.rank]  # [accum, micro]
+            step_loss = 0.0
+            for part in mine:  # DeepSpeed steps the optimizer on the last micro-batch of the accumulation
+                batch = {k: v.to(engine.device) for k, v in make_batch(part).items()}
+                loss = loss_fn(engine, batch)
+                engine.backward(loss)
+                engine.step()
+                step_loss += float(loss.detach()) / self.cfg.grad_accum
+            losses.append(self._mean_over_ranks(step_loss))
         for g, old in zip(engine.optimizer.param_groups, saved_lr):
             g["lr"] = old
         return losses
+
+    def _mean_over_ranks(self, x: float) -> float:
+        if self.world_size == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
 
     def train_policy(self, prompts: list[str], completions: list[str], *, epochs: int | None = None,
                      steps: int | None = None, lr: float | None = None) -> dict:
@@ -101,41 +157,96 @@ class Learner:
 
     def train_value(self, states: list[str], targets: np.ndarray, *, epochs: int | None = None) -> dict:
         """BCE of V(s) against Monte Carlo targets in [0, 1]."""
+        return self.train_critic("value", states, targets, epochs=epochs)
+
+    def train_critic(self, name: str, texts: list[str], targets: np.ndarray, *, epochs: int | None = None) -> dict:
+        """BCE of critic `name` (sigmoid of its last-token logit) against targets in [0, 1]."""
         t0 = time.perf_counter()
-        if not states:
-            return {"learner/value_steps": 0}
+        if not texts:
+            return {f"learner/{name}_steps": 0}
+        engine = self._critic(name)
         y = torch.as_tensor(np.asarray(targets, dtype=np.float32))
 
         def make_batch(idx):
-            b = value_batch(self.tokenizer, [states[i] for i in idx], MAX_LEN)
+            b = value_batch(self.tokenizer, [texts[i] for i in idx], MAX_LEN)
             b["targets"] = y[idx]
             return b
 
+        if epochs is None:
+            epochs = self.cfg.value_epochs if name == "value" else self.cfg.critic_epochs
         losses = self._fit(
-            self.value, len(states), make_batch,
+            engine, len(texts), make_batch,
             lambda eng, b: value_loss(last_token_logits(eng, b["input_ids"], b["attention_mask"]), b["targets"]),
-            epochs=self.cfg.value_epochs if epochs is None else epochs, steps=None, lr=None)
-        return {"learner/value_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
-                "learner/value_loss_first": losses[0], "learner/value_steps": len(losses),
-                "learner/value_examples": len(states), "time/value_train": time.perf_counter() - t0}
+            epochs=epochs, steps=None, lr=None)
+        return {f"learner/{name}_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
+                f"learner/{name}_loss_first": losses[0], f"learner/{name}_steps": len(losses),
+                f"learner/{name}_examples": len(texts), f"time/{name}_train": time.perf_counter() - t0}
+
+    def train_q_fqi(self, data: QTransitions, *, iterations: int, gamma: float, epochs: int | None = None) -> dict:
+        """Fitted Q-iteration (Q* §4.1) with a target network, on one batch of tree transitions.
+
+        Each iteration freezes Q as the target (its scores of every text are computed before any
+        update), sets y = r + gamma * max over the next state's candidate steps of Q_target (0 at a
+        terminal), records the mean squared Bellman error of the Q entering the iteration, and fits Q
+        to y for `epochs`. Returns metrics with the Bellman error of each iteration.
+        """
+        if iterations < 1:
+            raise ValueError(f"labels.fqi_iterations must be >= 1, got {iterations}")
+        t0 = time.perf_counter()
+        if not data.texts:
+            return {"learner/q_steps": 0}
+        metrics: dict = {}
+        for k in range(iterations):
+            q_target = self.critic_scores("q", data.texts)  # [T]: the frozen target network's values
+            y = fqi_targets(data.rewards, [q_target[c] for c in data.next_candidates], data.done, gamma=gamma)
+            metrics[f"learner/q_bellman_error_iter{k}"] = float(np.mean((q_target - y) ** 2))
+            metrics.update(self.train_critic("q", data.texts, y, epochs=epochs))
+        after = self.critic_scores("q", data.texts)
+        y = fqi_targets(data.rewards, [after[c] for c in data.next_candidates], data.done, gamma=gamma)
+        metrics["learner/q_bellman_error_final"] = float(np.mean((after - y) ** 2))
+        metrics["time/q_train"] = time.perf_counter() - t0
+        return metrics
+
+    def _critic(self, name: str):
+        if name not in self.critics:
+            raise ValueError(f"critic {name!r} is not trained by this learner; add it to learner.critics "
+                             f"(now: {', '.join(self.critics)})")
+        return self.critics[name]
 
     @torch.no_grad()
+    def critic_scores(self, name: str, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """[len(texts)] scores in (0, 1) of critic `name` under the learner's current weights."""
+        engine = self._critic(name)
+        engine.eval()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            b = value_batch(self.tokenizer, texts[i:i + batch_size], MAX_LEN)
+            out.append(torch.sigmoid(last_token_logits(engine, b["input_ids"].to(engine.device),
+                                                       b["attention_mask"].to(engine.device))).float().cpu())
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
     def value_scores(self, states: list[str]) -> np.ndarray:
         """V(s) under the learner's current weights (for held-out calibration checks)."""
-        self.value.eval()
-        b = value_batch(self.tokenizer, states, MAX_LEN)
-        return torch.sigmoid(last_token_logits(self.value, b["input_ids"].to(self.value.device),
-                                               b["attention_mask"].to(self.value.device))).cpu().numpy()
+        return self.critic_scores("value", states)
 
     # ---- weights ---------------------------------------------------------------------
     def publish(self) -> tuple[int, dict[str, Weights]]:
-        """Bump the version and return it with the current weights of both models."""
+        """Bump the version and return it with the current weights of every model."""
         self.version += 1
         return self.version, self.weights()
 
     def weights(self) -> dict[str, Weights]:
-        """Current weights of both models, without a new version (used when resuming)."""
-        return {"policy": self._weights(self.policy), "value": self._weights(self.value)}
+        """Current weights of the policy and every critic, without a new version (used when resuming).
+
+        Rank 0 returns them; other ranks return {} (under ZeRO-3 they still take part in the gather).
+        """
+        if self.rank != 0 and self.cfg.zero_stage != 3:
+            return {}
+        weights = {name: self._weights(engine) for name, engine in self._models()}
+        return weights if self.rank == 0 else {}
+
+    def _models(self):
+        return [("policy", self.policy), *self.critics.items()]
 
     def _weights(self, engine) -> Weights:
         if self.cfg.zero_stage == 3:  # parameters are partitioned: gather them first
@@ -145,34 +256,44 @@ class Learner:
 
     # ---- checkpoints -----------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:
-        """HF folders for both models (safetensors) plus DeepSpeed engine state (optimizer included)."""
+        """HF folders for every model (safetensors) plus DeepSpeed engine state (optimizer included).
+
+        Every rank calls it (DeepSpeed's checkpoint is collective); rank 0 writes the HF folders.
+        """
         out = Path(out_dir)
-        for name, engine in (("policy", self.policy), ("value", self.value)):
+        for name, engine in self._models():
             self._save_hf(engine, out / name)
             engine.save_checkpoint(str(out / "deepspeed"), tag=name)
-        (out / "learner.json").write_text(json.dumps({"version": self.version}))
+        if self.rank == 0:
+            (out / "learner.json").write_text(json.dumps({"version": self.version, "critics": list(self.critics)}))
 
-    def _save_hf(self, engine, path: Path) -> None:
-        if self.cfg.zero_stage == 3:  # parameters are partitioned: gather them first
+    def _save_hf(self, engine, path: Path, *, all_ranks: bool = False) -> None:
+        """save_pretrained of engine's model by rank 0 (or by every rank into its own path)."""
+        writes = all_ranks or self.rank == 0
+        if self.cfg.zero_stage == 3:  # parameters are partitioned: gather them first (every rank takes part)
             with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
-                engine.module.save_pretrained(str(path))
-        else:
+                if writes:
+                    engine.module.save_pretrained(str(path))
+        elif writes:
             engine.module.save_pretrained(str(path))
-        self.tokenizer.save_pretrained(str(path))
+        if writes:
+            self.tokenizer.save_pretrained(str(path))
 
     def init_value_from_policy(self) -> None:
-        """Give the value critic the current policy's backbone (and a fresh head and optimizer).
+        """Give every critic the current policy's backbone (and a fresh head and optimizer).
 
-        Called after the bootstrap, so that the critic starts from a model that already reads the task.
+        Called after the bootstrap, so that the critics start from a model that already reads the task.
         """
-        with tempfile.TemporaryDirectory() as tmp:
-            self._save_hf(self.policy, Path(tmp))
-            self.value = self._engine(load_value_model(tmp), self.cfg.value_lr)
+        with tempfile.TemporaryDirectory() as tmp:  # every rank writes and reads its own copy
+            path = Path(tmp)
+            self._save_hf(self.policy, path, all_ranks=True)
+            for name in self.critics:
+                self.critics[name] = self._engine(load_value_model(path), self._lr(name))
 
     def load(self, ckpt_dir: str | Path) -> int:
         """Restore engine states and the version from a folder written by save()."""
         ckpt = Path(ckpt_dir)
-        for name, engine in (("policy", self.policy), ("value", self.value)):
+        for name, engine in self._models():
             path, _ = engine.load_checkpoint(str(ckpt / "deepspeed"), tag=name)
             if path is None:
                 raise ValueError(f"{ckpt / 'deepspeed'}: no DeepSpeed state for {name}")

@@ -124,7 +124,10 @@ class LearnerConfig:
     zero_stage: int = 2
     policy_lr: float = 1e-3
     value_lr: float = 1e-3
-    batch_size: int = 32
+    batch_size: int = 32           # global batch: split over learner.num_ranks and learner.grad_accum
+    grad_accum: int = 1            # micro-batches accumulated per optimizer step
+    num_ranks: int = 1             # data-parallel DeepSpeed ranks (Ray actors forming one torch.distributed group)
+    offload_optimizer: bool = False  # ZeRO optimizer states in CPU memory (GPU runs with big models)
     policy_epochs: int = 3
     value_epochs: int = 3
     replay_capacity: int = 50000   # node records kept across rounds (oldest evicted); part of the checkpoint
@@ -133,8 +136,32 @@ class LearnerConfig:
     # because Monte Carlo targets of older policies are off-policy: measured on the embedded task, training
     # V on the whole buffer raised its held-out ECE from 0.05-0.16 to 0.33-0.48.
     value_max_staleness: int = 0
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    # Critics the learner trains and the rollout actors hold, besides the value critic V (always on):
+    # q (Q*'s Q(s, a), used as A*'s heuristic), prm (per-step reward, A*'s g and MCTS's beta_prm term),
+    # orm (outcome reward of a complete solution). Each is a backbone with a scalar head, started from
+    # the bootstrapped policy.
+    critics: list[Literal["q", "prm", "orm"]] = field(default_factory=list)
+    critic_lr: float = 1e-3        # q, prm and orm
+    critic_epochs: int = 2
+    holdout_frac: float = 0.1      # problems whose labels are held out to report each critic's loss/precision/recall/ECE
+    num_cpus: float = 1.0          # per rank
+    num_gpus: float = 0.0          # per rank
+
+
+@dataclass
+class LabelsConfig:
+    """How the critics' training labels are made from search experience (rl/labels.py)."""
+    # Q(s, a): fqi = fitted Q-iteration on the tree's transitions with a target network (Q* §4.1);
+    # rollout = best reward among the terminals reached below (s, a); stronger = reward of a greedy
+    # completion from (s, a) by the policy at labels.stronger_policy.
+    q_source: Literal["fqi", "rollout", "stronger"] = "fqi"
+    gamma: float = 1.0             # FQI discount
+    fqi_iterations: int = 3        # target-network refreshes per round
+    stronger_policy: str | None = None  # HF folder of the stronger policy (q_source: stronger)
+    # PRM, Math-Shepherd style: from each step prefix of a searched solution, this many completions
+    prm_completions: int = 4
+    prm_paths: int = 2             # solutions per problem whose prefixes are labelled (the chosen one first)
+    prm_label: Literal["soft", "hard"] = "soft"
 
 
 @dataclass
@@ -144,6 +171,8 @@ class LoopConfig:
     eval_size: int = 200           # held-out problems for greedy accuracy
     eval_search_size: int = 100    # held-out problems for search accuracy (a prefix of the above)
     log_trees: int = 4             # search trees per round saved as HTML under run_dir/trees and logged to W&B
+    # more methods evaluated each round on the eval_search_size problems, besides greedy and search.method
+    eval_methods: list[Literal["greedy", "sc", "wvote", "bon", "beam", "mcts", "astar"]] = field(default_factory=list)
 
 
 @dataclass
@@ -163,6 +192,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -188,6 +218,11 @@ def _check_value(value: Any, tp: Any, key: str, where: str, required: bool = Tru
             choices = ", ".join(repr(a) for a in typing.get_args(tp))
             raise ConfigError(f"{where}: '{key}' = {value!r} is not one of {choices}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' = {value!r} is not a list")
+        (item,) = typing.get_args(tp)
+        return [_check_value(v, item, f"{key}[{i}]", where, required) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")

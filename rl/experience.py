@@ -47,6 +47,21 @@ class Trajectory:
     critic_version: int
 
 
+@dataclass(frozen=True)
+class CriticExample:
+    """A labelled text for one critic that a rollout worker made by generating more (not read off the tree).
+
+    kind "prm": Math-Shepherd label of a step prefix (the fraction, or any, of N completions that
+    were right); kind "q": Q(s, a) from a stronger policy's completion of (s, a).
+    """
+    id: str                 # "{problem_id}/v{policy_version}/{kind}/{node}"
+    problem_id: str
+    kind: str
+    text: str               # the critic's input: prompt + steps up to and including the labelled step
+    target: float           # in [0, 1]
+    policy_version: int
+
+
 def experiences_from_search(problem_id: str, result: SearchResult, *, policy_version: int,
                             critic_version: int) -> tuple[list[NodeExperience], Trajectory | None]:
     """Node records for every non-root node, and the best rewarded trajectory (if any)."""

@@ -249,3 +249,89 @@ def dpo_pairs(tree: Tree, *, min_gap: float) -> list[tuple[int, int]]:
                 if abs(qa - qb) >= min_gap:
                     pairs.append((a, b) if qa > qb else (b, a))
     return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels from the node records of searched trees (rl.experience.NodeExperience): what the learner
+# trains Q and the ORM on. Records of one search share (problem_id, policy_version) and name their
+# parent by node id.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class QTransitions:
+    """A batch of MDP transitions (s, a, r, s') for fitted Q-iteration, indexed 0..T-1.
+
+    texts[t] is the Q input of transition t: prompt + steps of s + the step a (which is also the text
+    of s', the MDP being deterministic). The candidate next steps a' at s' are the searched children
+    of s', themselves transitions: next_candidates[t] holds their indices, so Q_target(s', a') is
+    Q_target(texts[j]) for j in next_candidates[t].
+    """
+    texts: list[str]
+    rewards: np.ndarray               # [T] terminal reward at a terminal s', else 0
+    done: np.ndarray                  # [T] bool: s' is terminal
+    next_candidates: list[np.ndarray]  # [T] int arrays into texts
+    problem_ids: list[str]
+
+
+def _by_search(nodes: Sequence) -> dict[tuple[str, int], dict[int, object]]:
+    """Node records grouped per search, {(problem_id, policy_version): {node id: record}}."""
+    groups: dict[tuple[str, int], dict[int, object]] = {}
+    for n in nodes:
+        groups.setdefault((n.problem_id, n.policy_version), {})[n.node] = n
+    return groups
+
+
+def tree_transitions(nodes: Sequence) -> QTransitions:
+    """QTransitions from searched tree nodes (NodeExperience records).
+
+    A node with a verifier reward is terminal (done, r = its reward). A non-terminal node is kept
+    only when at least one of its children is kept: its next-step candidates are those children.
+    An unexpanded, unscored leaf has no next steps to take a max over and no reward, so it is left
+    out (keeping it with an empty max would teach Q = 0 for every unexplored step).
+    """
+    texts, rewards, done, cands, pids = [], [], [], [], []
+    for group in _by_search(nodes).values():
+        kids: dict[int, list[int]] = {}
+        for i, n in group.items():
+            kids.setdefault(n.parent, []).append(i)
+        index: dict[int, int] = {}
+        for i in sorted(group, reverse=True):  # children have larger ids than parents
+            n = group[i]
+            terminal = not np.isnan(n.terminal_reward)
+            kept_kids = [index[k] for k in kids.get(i, []) if k in index]
+            if not terminal and not kept_kids:
+                continue
+            index[i] = len(texts)
+            texts.append(n.state)
+            rewards.append(float(n.terminal_reward) if terminal else 0.0)
+            done.append(terminal)
+            cands.append(np.array([] if terminal else kept_kids, dtype=np.int64))
+            pids.append(n.problem_id)
+    return QTransitions(texts, np.array(rewards, dtype=np.float64), np.array(done, dtype=bool), cands, pids)
+
+
+def best_reward_below(nodes: Sequence) -> tuple[list[str], np.ndarray, list[str]]:
+    """Q(s, a) = best verifier reward among the terminals at or below the node (Q*'s rollout source).
+
+    Returns (texts, targets [n], problem ids) for the nodes with at least one scored terminal below.
+    """
+    texts, targets, pids = [], [], []
+    for group in _by_search(nodes).values():
+        best = {i: (n.terminal_reward if not np.isnan(n.terminal_reward) else -np.inf) for i, n in group.items()}
+        for i in sorted(group, reverse=True):
+            p = group[i].parent
+            if p in best:
+                best[p] = max(best[p], best[i])
+        for i in sorted(group):
+            if np.isfinite(best[i]):
+                texts.append(group[i].state)
+                targets.append(best[i])
+                pids.append(group[i].problem_id)
+    return texts, np.array(targets, dtype=np.float64), pids
+
+
+def terminal_examples(nodes: Sequence) -> tuple[list[str], np.ndarray, list[str]]:
+    """ORM examples: (complete solution texts, 0/1 verifier rewards, problem ids) of the scored terminals."""
+    kept = [n for n in nodes if not np.isnan(n.terminal_reward)]
+    return ([n.state for n in kept], orm_labels([n.terminal_reward for n in kept]) if kept else np.zeros(0),
+            [n.problem_id for n in kept])

@@ -88,3 +88,21 @@ def binary_auc(scores, labels) -> float:
     avg_rank = last - (counts - 1) / 2.0              # [u] mean rank over the tied copies
     ranks = avg_rank[inverse.reshape(-1)]             # [n]
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def critic_report(name: str, probs, targets) -> dict[str, float]:
+    """Held-out metrics of one critic against its ground truth, under `critic/{name}_...`.
+
+    targets may be soft (Monte Carlo fractions, soft PRM labels): the loss is binary cross-entropy
+    against them as given; precision, recall, ECE and AUC use them binarised at 0.5.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    t = np.asarray(targets, dtype=np.float64)
+    if p.shape != t.shape or p.size == 0:
+        raise ValueError(f"critic {name}: need as many scores as targets (> 0), got {p.shape} and {t.shape}")
+    y = (t >= 0.5).astype(np.float64)
+    precision, recall = precision_recall(p, y)
+    return {f"critic/{name}_loss": float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))),
+            f"critic/{name}_precision": precision, f"critic/{name}_recall": recall,
+            f"critic/{name}_ece": expected_calibration_error(p, y), f"critic/{name}_auc": binary_auc(p, y),
+            f"critic/{name}_heldout": float(p.size)}

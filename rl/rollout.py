@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rl.config import SearchConfig
-from rl.experience import NodeExperience, Trajectory, experiences_from_search
+from rl.config import LabelsConfig, SearchConfig
+from rl.experience import CriticExample, NodeExperience, Trajectory, experiences_from_search
+from rl.labels import math_shepherd_labels
 from rl.models import Policy, ValueCritic
 from rl.models.engine import Engine
 from rl.models.weights import Weights
@@ -40,24 +41,52 @@ class RolloutBatch:
     trajectories: list[Trajectory] = field(default_factory=list)
     records: list[EvalRecord] = field(default_factory=list)  # the search's own answer per problem
     trees: list[dict] = field(default_factory=list)          # exported trees (Tree.to_json + ids), if asked
+    examples: list[CriticExample] = field(default_factory=list)  # PRM (Math-Shepherd) and stronger-policy Q labels
     policy_version: int = 0
     critic_version: int = 0
 
 
+LABEL_BATCH = 64  # completions per generate call when labelling
+
+
 class RolloutWorker:
+    """Holds the policy and the critics (V always, plus q / prm / orm as configured) and runs searches.
+
+    critic_device places the critics apart from the policy (another GPU of the actor); None = device.
+    """
+
     def __init__(self, task: Task, search_cfg: SearchConfig, policy_path: str, value_path: str, *,
-                 device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf"):
+                 device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf",
+                 critics: tuple[str, ...] | list[str] = (), labels: LabelsConfig | None = None,
+                 critic_device: str | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.task = task
         self.search_cfg = search_cfg
+        self.labels = labels or LabelsConfig()
         backends = {"hf": Policy, "engine": Engine}
         if backend not in backends:
             raise ValueError(f"model.backend = {backend!r}: use one of {', '.join(backends)}")
         self.policy = backends[backend].from_pretrained(policy_path, device=device)
-        self.value = ValueCritic.from_pretrained(value_path, tokenizer_path=policy_path, device=device)
+        self.critics = {name: ValueCritic.from_pretrained(value_path, tokenizer_path=policy_path,
+                                                          device=critic_device or device)
+                        for name in ("value", *critics)}
+        self.stronger = None  # Q*'s "completion by a stronger policy" labeller, loaded when configured
+        if "q" in critics and self.labels.q_source == "stronger":
+            if not self.labels.stronger_policy:
+                raise ValueError("labels.q_source = 'stronger' needs labels.stronger_policy (a HF model folder)")
+            self.stronger = Policy.from_pretrained(self.labels.stronger_policy, device=device)
         self.rng = np.random.default_rng(seed)
         self.pid = os.getpid()
+
+    @property
+    def value(self) -> ValueCritic:
+        return self.critics["value"]
+
+    def models(self, reward=None) -> Models:
+        c = self.critics
+        return Models(policy=self.policy, value=c["value"], reward=reward, prm=c.get("prm"), orm=c.get("orm"),
+                      q=c.get("q"))
 
     # ---- searching -------------------------------------------------------------------
     def search(self, problems: list[Problem], *, use_reward: bool = True, export_trees: int = 0) -> RolloutBatch:
@@ -67,9 +96,10 @@ class RolloutWorker:
         """
         method = build_search(self.search_cfg.method, self.search_cfg)
         reward = self.task.reward if use_reward and self.search_cfg.reward == "verifier" else None
-        models = Models(policy=self.policy, value=self.value, reward=reward)
+        models = self.models(reward)
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
         out = RolloutBatch(policy_version=self.policy.version, critic_version=self.value.version)
+        searched = []
         for p in problems:
             res = method(p, self.task, models, budget, self.rng)
             if use_reward:  # label the tree's terminals for training, whatever the search scored them with
@@ -85,7 +115,65 @@ class RolloutWorker:
             if len(out.trees) < export_trees:
                 out.trees.append({**res.tree.to_json(res.chosen), "problem_id": p.id, "answer": res.answer,
                                   "gold": p.answer})
+            searched.append((p, res))
+        if use_reward and "prm" in self.critics and self.labels.prm_completions > 0:
+            out.examples += self.prm_examples(searched)
+        if use_reward and self.stronger is not None:
+            out.examples += self.stronger_q_examples(searched)
         return out
+
+    # ---- labels that need more generation ------------------------------------------
+    def _complete_all(self, policy, prefixes: list[str], temperature: float) -> list[str]:
+        cap = self.search_cfg.step_max_tokens * self.search_cfg.max_depth
+        texts = []
+        for i in range(0, len(prefixes), LABEL_BATCH):
+            texts += [c.text for c in policy.complete(prefixes[i:i + LABEL_BATCH], max_new_tokens=cap,
+                                                      temperature=temperature, seed=int(self.rng.integers(2**31)))]
+        return texts
+
+    def prm_examples(self, searched: list) -> list[CriticExample]:
+        """Math-Shepherd PRM labels (Wang et al. 2024): from every step prefix on up to labels.prm_paths
+        solutions of each search (its chosen one first, then other terminals at random), sample
+        labels.prm_completions completions and label the step by how many reach the right answer
+        (soft: the fraction; hard: any). A terminal step is labelled by its own reward."""
+        L = self.labels
+        jobs = []  # (problem, tree, node)
+        for p, res in searched:
+            tree = res.tree
+            terminals = [i for i in range(1, tree.size) if tree.terminal[i]]
+            others = [int(i) for i in self.rng.permutation(terminals) if i != res.chosen]
+            paths = ([res.chosen] if res.chosen in terminals else []) + others
+            nodes: list[int] = []
+            for t in paths[:L.prm_paths]:
+                nodes += [i for i in tree.path(t)[1:] if i not in nodes]
+            jobs += [(p, tree, i) for i in nodes]
+        open_jobs = [j for j in jobs if not j[1].terminal[j[2]]]
+        prefixes = [tree.state(i) for _, tree, i in open_jobs for _ in range(L.prm_completions)]
+        texts = self._complete_all(self.policy, prefixes, self.search_cfg.temperature)
+        out = []
+        for k, (p, tree, i) in enumerate(open_jobs):
+            comps = texts[k * L.prm_completions:(k + 1) * L.prm_completions]
+            hard, soft = math_shepherd_labels([[self.task.reward(p, tree.steps(i) + c) for c in comps]])
+            out.append(self._example(p, "prm", tree, i, float((soft if L.prm_label == "soft" else hard)[0])))
+        for p, tree, i in jobs:
+            if tree.terminal[i]:
+                out.append(self._example(p, "prm", tree, i, float(self.task.reward(p, tree.steps(i)))))
+        return out
+
+    def stronger_q_examples(self, searched: list) -> list[CriticExample]:
+        """Q* "completion by a stronger LLM": Q(s, a) = reward of the stronger policy's greedy completion
+        from every searched (s, a) (a terminal step: its own reward)."""
+        jobs = [(p, res.tree, i) for p, res in searched for i in range(1, res.tree.size)]
+        open_jobs = [j for j in jobs if not j[1].terminal[j[2]]]
+        texts = self._complete_all(self.stronger, [tree.state(i) for _, tree, i in open_jobs], 0.0)
+        done = {(id(tree), i): c for (_, tree, i), c in zip(open_jobs, texts)}
+        return [self._example(p, "q", tree, i, float(self.task.reward(
+                    p, tree.steps(i) + ("" if tree.terminal[i] else done[(id(tree), i)]))))
+                for p, tree, i in jobs]
+
+    def _example(self, p: Problem, kind: str, tree, node: int, target: float) -> CriticExample:
+        return CriticExample(id=f"{p.id}/v{self.policy.version}/{kind}/{node}", problem_id=p.id, kind=kind,
+                             text=tree.state(node), target=target, policy_version=self.policy.version)
 
     def evaluate(self, problems: list[Problem], method: str) -> list[EvalRecord]:
         """Answers without labels: greedy is batched across problems, other methods search one by one."""
@@ -102,7 +190,7 @@ class RolloutWorker:
                     recs.append(rec)
             return recs
         search = build_search(method, self.search_cfg)
-        models = Models(policy=self.policy, value=self.value, reward=None)
+        models = self.models()
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
         recs = []
         for p in problems:
@@ -118,8 +206,13 @@ class RolloutWorker:
     # ---- weights ---------------------------------------------------------------------
     def load_weights(self, version: int, weights: dict[str, Weights]) -> int:
         """Swap in published weights (between searches); return the version now in use."""
+        missing = {"policy", *self.critics} - set(weights)
+        if missing:
+            raise ValueError(f"published weights (version {version}) lack {sorted(missing)}; "
+                             f"they hold {sorted(weights)}")
         self.policy.load_weights(version, weights["policy"])
-        self.value.load_weights(version, weights["value"])
+        for name, critic in self.critics.items():
+            critic.load_weights(version, weights[name])
         return self.version()
 
     def version(self) -> int:
@@ -127,4 +220,4 @@ class RolloutWorker:
 
     def weights(self) -> dict[str, Weights]:
         """The weights in use (lets a test check that a push arrived intact)."""
-        return {"policy": self.policy.weights(), "value": self.value.weights()}
+        return {"policy": self.policy.weights(), **{n: c.weights() for n, c in self.critics.items()}}

@@ -1,0 +1,306 @@
+"""Weight transports from the learner to rollout actors: Ray's object store, or a broadcast group.
+
+Two ways to move a `Weights` dict (rl/models/weights.py) from the learner's rank 0 to N receivers,
+chosen by name with make_sender(name, ...) / make_receiver(name) (names in TRANSPORTS):
+
+  object_store  the sender does one ray.put of {version, weights} and hands out the ref; receivers
+                ray.get it. On one machine they map the same shared memory (zero-copy, read-only
+                arrays), which made it the fastest publish on a single node.
+  collective    a broadcast group of its own: gloo on CPU, nccl with CUDA. Rank 0 is the sender,
+                ranks 1..N the receivers. The spec (names, shapes, dtypes) is fixed when the group is
+                built; each publish broadcasts the version as a tensor, then the weights packed end to
+                end in per-dtype buckets of at most bucket_mb megabytes, bucket by bucket.
+
+The group is built from its own TCPStore (behind a PrefixStore) and ProcessGroupGloo/ProcessGroupNCCL
+constructed directly, not with init_process_group, so it sits beside the learner's default (DeepSpeed)
+group. The store listens on a socket already bound to `host` (learners.dist.bind_free_port), and on
+loopback gloo's device is pinned to that address too: nothing listens on other interfaces.
+
+Both sides block until every rank is there, so the driver starts the receivers' calls before it
+waits on the sender's, for the set-up and for every publish:
+
+    addr = ray.get(learner.broadcast_address.remote())            # CollectiveSender.address()
+    joins = [r.join.remote(addr, i + 1) for i, r in enumerate(receivers)]
+    ray.get(joins + [learner.broadcast_join.remote()])             # CollectiveSender.join()
+    got = [r.receive.remote() for r in receivers]
+    ray.get(got + [learner.broadcast_publish.remote(version)])    # CollectiveSender.publish()
+
+Under ZeRO-3 the parameters are partitioned across learner ranks: gather them first and publish from
+rank 0 only (Learner.weights() gathers inside deepspeed.zero.GatheredParameters).
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import math
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, Protocol
+
+import numpy as np
+import ray
+import torch
+import torch.distributed as dist
+
+from learners.dist import backend, bind_free_port
+from rl.models.weights import Weights
+
+Spec = tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, numpy dtype.str) in send order
+
+TRANSPORTS = ("object_store", "collective")
+# 256 MB: per-call overhead is negligible at this size, and a whole 100M-parameter model still
+# spans several buckets, so packing the next bucket overlaps the broadcast of this one.
+BUCKET_MB = 256.0
+GROUP_PREFIX = "arbor/weights/"  # this group's keys in its store
+ABORT = -1  # version broadcast when the sender's weights do not match the spec
+
+
+class WeightSender(Protocol):
+    def publish(self, version: int, weights: Weights) -> Any:
+        """Send the weights; returns what the receivers' receive() takes (None for collective)."""
+
+
+class WeightReceiver(Protocol):
+    def receive(self, payload: Any = None) -> tuple[int, Weights]: ...
+
+
+# ---- object store --------------------------------------------------------------------------
+class ObjectStoreTransport:
+    """Both halves of the object-store transport (it holds no state)."""
+
+    def publish(self, version: int, weights: Weights) -> ray.ObjectRef:
+        return ray.put({"version": version, "weights": weights})
+
+    def receive(self, payload: Any = None) -> tuple[int, Weights]:
+        """payload: the ref from publish(), or what Ray made of it when passed as a task argument."""
+        msg = ray.get(payload) if isinstance(payload, ray.ObjectRef) else payload
+        return msg["version"], msg["weights"]
+
+
+# ---- buckets -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bucket:
+    """Tensors of one dtype laid end to end in one flat buffer of `numel` elements."""
+    dtype: str
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]  # element offset of each tensor in the buffer
+    numel: int
+
+
+def weights_spec(weights: Weights) -> Spec:
+    return tuple((k, tuple(np.shape(v)), np.asarray(v).dtype.str) for k, v in weights.items())
+
+
+def plan_buckets(spec: Spec, bucket_bytes: int) -> list[Bucket]:
+    """Group tensors by dtype (in order of first appearance), then pack them in spec order into
+    buckets of at most bucket_bytes; a tensor larger than that gets a bucket of its own."""
+    by_dtype: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for name, shape, dtype in spec:
+        by_dtype.setdefault(dtype, []).append((name, shape))
+    buckets = []
+    for dtype, items in by_dtype.items():
+        itemsize, cur, nbytes = np.dtype(dtype).itemsize, [], 0
+        for name, shape in items:
+            size = math.prod(shape) * itemsize
+            if cur and nbytes + size > bucket_bytes:
+                buckets.append(_bucket(dtype, cur))
+                cur, nbytes = [], 0
+            cur.append((name, shape))
+            nbytes += size
+        if cur:
+            buckets.append(_bucket(dtype, cur))
+    return buckets
+
+
+def _bucket(dtype: str, items: list[tuple[str, tuple[int, ...]]]) -> Bucket:
+    sizes = [math.prod(shape) for _, shape in items]
+    return Bucket(dtype, tuple(n for n, _ in items), tuple(s for _, s in items),
+                  tuple(accumulate(sizes[:-1], initial=0)), sum(sizes))
+
+
+def flatten(weights: Weights, bucket: Bucket, out: np.ndarray | None = None) -> np.ndarray:
+    """The bucket's tensors copied end to end into a flat [numel] array (`out`, if given)."""
+    out = np.empty(bucket.numel, bucket.dtype) if out is None else out
+    for name, shape, off in zip(bucket.names, bucket.shapes, bucket.offsets):
+        out[off:off + math.prod(shape)].reshape(shape)[...] = weights[name]  # one copy, even from strided input
+    return out
+
+
+def unflatten(flat: np.ndarray, bucket: Bucket) -> Weights:
+    """Views of a flat [numel] array, one per tensor of the bucket (no copy)."""
+    return {name: flat[off:off + math.prod(shape)].reshape(shape)
+            for name, shape, off in zip(bucket.names, bucket.shapes, bucket.offsets)}
+
+
+def spec_mismatch(spec: Spec, weights: Weights) -> str | None:
+    """Why weights do not match spec (names, shapes, dtypes), or None when they do."""
+    if [name for name, *_ in spec] != list(weights):
+        want, got = {name for name, *_ in spec}, set(weights)
+        return f"missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]} (or another order)"
+    for name, shape, dtype in spec:
+        w = np.asarray(weights[name])
+        if w.shape != shape or w.dtype.str != dtype:
+            return f"{name}: {w.shape} {w.dtype.str}, spec says {shape} {dtype}"
+    return None
+
+
+# ---- collective ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupAddress:
+    """What a receiver needs to join: where the store is and what will be sent (sent once)."""
+    host: str
+    port: int
+    world_size: int  # 1 sender + receivers
+    spec: Spec
+    bucket_bytes: int
+    backend: str  # "gloo" | "nccl", the sender's choice, so every rank agrees
+    timeout_s: float
+
+
+def _make_group(addr: GroupAddress, rank: int, store: dist.Store) -> dist.ProcessGroup:
+    store = dist.PrefixStore(GROUP_PREFIX, store)
+    timeout = datetime.timedelta(seconds=addr.timeout_s)
+    if addr.backend == "nccl":  # each rank on its own GPU
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, addr.world_size, opts)
+    if not ipaddress.ip_address(addr.host).is_loopback:  # gloo's own default device (GLOO_SOCKET_IFNAME)
+        return dist.ProcessGroupGloo(store, rank, addr.world_size, timeout)
+    opts = dist.ProcessGroupGloo._Options()
+    opts._timeout = timeout
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=addr.host)]  # listen on loopback only
+    return dist.ProcessGroupGloo(store, rank, addr.world_size, opts)
+
+
+def _device(backend_name: str) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if backend_name == "nccl" else torch.device("cpu")
+
+
+def broadcast_async(group: dist.ProcessGroup, tensor: torch.Tensor) -> Any:
+    """Start broadcasting tensor from rank 0 of group (in place on the others); returns the Work."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank, opts.rootTensor = 0, 0
+    return group.broadcast([tensor], opts)
+
+
+class CollectiveSender:
+    """Rank 0 of a weight broadcast group; lives in the learner's rank-0 process.
+
+    Packing buffers are allocated once and reused; a bucket holding one contiguous tensor is sent
+    straight from the caller's array without a copy.
+    """
+
+    def __init__(self, spec: Spec | Weights, num_receivers: int, *, bucket_mb: float = BUCKET_MB,
+                 host: str = "127.0.0.1", timeout_s: float = 300.0):
+        self.spec = spec if isinstance(spec, tuple) else weights_spec(spec)
+        bucket_bytes = int(bucket_mb * 2**20)
+        self.buckets = plan_buckets(self.spec, bucket_bytes)
+        self._sock = bind_free_port(host)  # kept open: the store serves on it
+        port = self._sock.getsockname()[1]
+        self._addr = GroupAddress(host, port, num_receivers + 1, self.spec, bucket_bytes, backend(), timeout_s)
+        # wait_for_workers=False: receivers may connect before or after join() starts
+        self._store = dist.TCPStore(host, port, num_receivers + 1, is_master=True, wait_for_workers=False,
+                                    timeout=datetime.timedelta(seconds=timeout_s),
+                                    master_listen_fd=self._sock.fileno())
+        self._bufs = [np.empty(b.numel, b.dtype) if len(b.names) > 1 else None for b in self.buckets]
+        self.device = _device(self._addr.backend)
+        self.group: dist.ProcessGroup | None = None
+
+    def address(self) -> GroupAddress:
+        return self._addr
+
+    def join(self) -> None:
+        """The sender's rendezvous; returns once every receiver has joined too."""
+        self.group = _make_group(self._addr, 0, self._store)
+
+    def publish(self, version: int, weights: Weights) -> None:
+        """Broadcast version, then the weights bucket by bucket; returns when all is sent.
+
+        Raises ValueError (after telling the receivers, who raise too) if weights do not match the spec.
+        """
+        problem = f"version {ABORT} is reserved" if version == ABORT else spec_mismatch(self.spec, weights)
+        works = [broadcast_async(self.group, torch.tensor([ABORT if problem else version], device=self.device))]
+        if problem:
+            works[0].wait()
+            raise ValueError(f"weights do not match the broadcast spec: {problem}")
+        sent = []  # keeps device copies alive until their broadcasts finish
+        for b, buf in zip(self.buckets, self._bufs):  # packs bucket k+1 while bucket k is on the wire
+            t = torch.from_numpy(self._packed(weights, b, buf)).to(self.device)
+            sent.append(t)
+            works.append(broadcast_async(self.group, t))
+        for w in works:
+            w.wait()
+
+    send = publish
+
+    @staticmethod
+    def _packed(weights: Weights, b: Bucket, buf: np.ndarray | None) -> np.ndarray:
+        if buf is not None:
+            return flatten(weights, b, buf)
+        w = weights[b.names[0]]
+        if w.flags.c_contiguous and w.flags.writeable:  # torch.from_numpy wants a writeable array
+            return w.reshape(-1)
+        return np.array(w).reshape(-1)
+
+
+class CollectiveReceiver:
+    """Ranks 1..N of a weight broadcast group; plain enough to wrap in ray.remote.
+
+    reuse_buffers=True receives into the same buffers every time (no fresh allocation), so the
+    weights of one receive() are overwritten by the next: copy them into a model before then.
+    """
+
+    def __init__(self, *, reuse_buffers: bool = False):
+        self.reuse_buffers = reuse_buffers
+        self.group: dist.ProcessGroup | None = None
+
+    def join(self, addr: GroupAddress, rank: int) -> int:
+        """Join the group as `rank` (1..N); returns once every rank has joined."""
+        if not 1 <= rank < addr.world_size:
+            raise ValueError(f"receiver rank {rank}: use 1..{addr.world_size - 1}")
+        self.addr, self.rank = addr, rank
+        self.buckets = plan_buckets(addr.spec, addr.bucket_bytes)
+        self.device = _device(addr.backend)
+        self._store = dist.TCPStore(addr.host, addr.port, addr.world_size, is_master=False,
+                                    timeout=datetime.timedelta(seconds=addr.timeout_s))
+        self.group = _make_group(addr, rank, self._store)
+        self._bufs = [self._empty(b) for b in self.buckets] if self.reuse_buffers else None
+        return rank
+
+    def _empty(self, b: Bucket) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.empty(b.numel, b.dtype))  # numpy owns it: results are plain views
+        return torch.empty(b.numel, dtype=torch.from_numpy(np.empty(0, b.dtype)).dtype, device=self.device)
+
+    def receive(self, payload: Any = None) -> tuple[int, Weights]:
+        """Wait for the next publish; returns (version, weights) in spec order. payload is unused."""
+        version = torch.zeros(1, dtype=torch.int64, device=self.device)
+        broadcast_async(self.group, version).wait()  # alone first: after an abort no buckets follow
+        if int(version) == ABORT:
+            raise RuntimeError("the sender's weights did not match the broadcast spec; nothing was sent")
+        bufs = self._bufs or [self._empty(b) for b in self.buckets]
+        works = [broadcast_async(self.group, t) for t in bufs]
+        weights: Weights = {}
+        for b, t, w in zip(self.buckets, bufs, works):
+            w.wait()
+            weights.update(unflatten(t.cpu().numpy(), b))  # .cpu() is a no-op on CPU
+        return int(version), {name: weights[name] for name, *_ in self.addr.spec}
+
+
+def make_sender(name: str, weights: Weights, *, num_receivers: int, bucket_mb: float = BUCKET_MB) -> WeightSender:
+    """The sender half of transport `name`; a CollectiveSender still needs join()."""
+    if name == "object_store":
+        return ObjectStoreTransport()
+    if name == "collective":
+        return CollectiveSender(weights, num_receivers, bucket_mb=bucket_mb)
+    raise ValueError(f"weight transport {name!r}: use one of {', '.join(TRANSPORTS)}")
+
+
+def make_receiver(name: str) -> WeightReceiver:
+    """The receiver half of transport `name`; a CollectiveReceiver still needs join()."""
+    if name == "object_store":
+        return ObjectStoreTransport()
+    if name == "collective":
+        return CollectiveReceiver()
+    raise ValueError(f"weight transport {name!r}: use one of {', '.join(TRANSPORTS)}")
