@@ -80,16 +80,20 @@ class Learner:
             master = ("127.0.0.1", listen_socket.getsockname()[1])
         self._sock = listen_socket  # kept open: the store listens on it
         init_group(rank, world_size, master[0], master[1], listen_socket)
-        torch.manual_seed(seed)
+        self.seed = seed
+        self.version = 0
         self.rng = np.random.default_rng(seed)  # same seed on every rank: the same global batches
         self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
         self.tokenizer.padding_side = "right"
         self.policy = self._engine(AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32), cfg.policy_lr)
         # the critics: V always, then learner.critics; every one a scalar head on the last token
-        self.critics = {"value": self._engine(load_value_model(value_path), cfg.value_lr)}
-        for name in cfg.critics:
-            self.critics[name] = self._engine(load_value_model(value_path), cfg.critic_lr)
-        self.version = 0
+        self.critics = {name: self._engine(self._critic_model(value_path, name), self._lr(name))
+                        for name in ("value", *cfg.critics)}
+
+    def _critic_model(self, path: str | Path, name: str):
+        """A scalar-head model whose new head depends only on (seed, critic, version), not on what ran before."""
+        torch.manual_seed(self.seed * 1000 + ("value", "q", "prm", "orm").index(name) * 100 + self.version)
+        return load_value_model(path)
 
     @property
     def value(self):
@@ -288,7 +292,7 @@ class Learner:
             path = Path(tmp)
             self._save_hf(self.policy, path, all_ranks=True)
             for name in self.critics:
-                self.critics[name] = self._engine(load_value_model(path), self._lr(name))
+                self.critics[name] = self._engine(self._critic_model(path, name), self._lr(name))
 
     def load(self, ckpt_dir: str | Path) -> int:
         """Restore engine states and the version from a folder written by save()."""

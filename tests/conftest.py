@@ -23,9 +23,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_embedded_model(TINY, tmp_path_factory.mktemp("tiny") / "policy", seed=0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
+    """A local Ray per test module (some modules start Ray with their own resources, e.g. fake GPUs)."""
     import ray
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def learner(tiny_model_dir):
     from learners.learner import Learner
-    return Learner(LearnerConfig(zero_stage=2, batch_size=8, policy_lr=3e-3, value_lr=3e-3),
+    return Learner(LearnerConfig(zero_stage=2, batch_size=8, policy_lr=3e-3, value_lr=3e-3, critics=["q"],
+                                 critic_lr=3e-3),
                    str(tiny_model_dir), str(tiny_model_dir), seed=0)
 
 
@@ -35,6 +36,27 @@ def test_value_steps_fit_targets(learner):
     assert after[0] - after[1] > before[0] - before[1] + 0.1   # the right state now scores higher
 
 
+def test_fqi_lowers_the_bellman_error_and_q_learns_the_tree(learner):
+    from rl.labels import QTransitions
+    # s -> a1 (terminal, r=1) | a2 -> a2b (terminal, r=0): optimal Q(a1)=1, Q(a2)=Q(a2b)=0
+    data = QTransitions(texts=["Q: 1+1\n2\n", "Q: 1+1\n3\n", "Q: 1+1\n3\n4\n"] * 3,
+                        rewards=np.array([1.0, 0.0, 0.0] * 3), done=np.array([True, False, True] * 3),
+                        next_candidates=[np.array([], dtype=int), np.array([2]), np.array([], dtype=int)] * 3,
+                        problem_ids=["p"] * 9)
+    m = learner.train_q_fqi(data, iterations=3, gamma=1.0, epochs=10)
+    assert m["learner/q_bellman_error_final"] < m["learner/q_bellman_error_iter0"]
+    q = learner.critic_scores("q", data.texts[:3])
+    assert q[0] > 0.7 and q[1] < 0.3 and q[2] < 0.3
+    v_before = learner.critic_scores("value", data.texts[:1])
+    learner.train_critic("q", data.texts[:1], np.array([0.0]), epochs=1)
+    np.testing.assert_array_equal(learner.critic_scores("value", data.texts[:1]), v_before)  # critics are apart
+
+
+def test_unknown_critic_is_named(learner):
+    with pytest.raises(ValueError, match="learner.critics"):
+        learner.critic_scores("prm", ["x"])
+
+
 def test_publish_bumps_version_and_weights_match_the_engine(learner, tmp_path):
     v0 = learner.version
     v1, w1 = learner.publish()
@@ -46,6 +68,7 @@ def test_publish_bumps_version_and_weights_match_the_engine(learner, tmp_path):
     learner.save(tmp_path / "ck")
     assert (tmp_path / "ck" / "policy" / "model.safetensors").is_file()
     assert (tmp_path / "ck" / "value" / "model.safetensors").is_file()
+    assert (tmp_path / "ck" / "q" / "model.safetensors").is_file() and set(w1) == {"policy", "value", "q"}
     learner.version = 0
     assert learner.load(tmp_path / "ck") == v2
 
@@ -67,3 +90,40 @@ def test_weight_push_from_learner_to_actor_with_version_check(learner, tiny_mode
             np.testing.assert_array_equal(held[model][k], v)
     batch = ray_local.get(actor.search.remote(probs[:1]))
     assert {n.policy_version for n in batch.nodes} == {version}
+
+
+@pytest.mark.ray
+def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, ray_local):
+    """Same global batch, same seed: 2 data-parallel ranks (and 1 rank with 2 accumulation steps) give
+    the loss curve of 1 rank. Critic BCE is a mean over examples, so it matches closely; SFT is a mean
+    over tokens per micro-batch, so halves with different token counts weigh a little differently."""
+    from learners.group import LearnerGroup
+    from learners.learner import Learner
+    from rl.config import from_dict
+    task = ArithmeticTask(EASY)
+    probs = task.generate(16, 5, "train")
+    prompts, sols = [task.prompt(p) for p in probs], [p.solution for p in probs]
+    states = [pr + s for pr, s in zip(prompts, sols)]
+    targets = np.array([i % 2 for i in range(16)], dtype=np.float32)
+
+    def curves(**learner):
+        cfg = from_dict({"run_dir": "unused", "learner": {"batch_size": 8, "num_cpus": 0.5, "policy_lr": 3e-3,
+                                                           "value_lr": 3e-3, **learner}}, where="test")
+        group = LearnerGroup(cfg, str(tiny_model_dir), str(tiny_model_dir))
+        try:
+            pol = [group.call(Learner.train_policy, prompts, sols, steps=1)["learner/policy_loss_first"]
+                   for _ in range(4)]
+            val = [group.call(Learner.train_critic, "value", states, targets, epochs=1)["learner/value_loss_first"]
+                   for _ in range(3)]
+            return np.array(pol), np.array(val)
+        finally:
+            group.shutdown()
+
+    pol1, val1 = curves(num_ranks=1)
+    pol2, val2 = curves(num_ranks=2)
+    pol_acc, val_acc = curves(num_ranks=1, grad_accum=2)
+    assert pol1[-1] < pol1[0]  # it trains
+    np.testing.assert_allclose(val2, val1, rtol=1e-5)
+    np.testing.assert_allclose(val_acc, val1, rtol=1e-5)
+    np.testing.assert_allclose(pol2, pol1, rtol=2e-3)
+    np.testing.assert_allclose(pol_acc, pol1, rtol=2e-3)

@@ -10,15 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
 from rl.models.device import pick_device
 from rl.models.weights import Weights, load_numpy, to_numpy
 
 
 def load_value_model(path: str | Path):
-    """A scalar-head model from a critic folder, or from a policy folder (new head)."""
-    return AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, dtype=torch.float32)
+    """A scalar-head model from a critic folder, or from a policy folder (new head).
+
+    No dropout before the head (transformers defaults to 0.1 there): the head reads a probability,
+    and dropout noise in training both blurs its calibration and makes a run depend on how batches
+    are split over ranks.
+    """
+    config = AutoConfig.from_pretrained(str(path), num_labels=1)
+    config.classifier_dropout = 0.0
+    return AutoModelForTokenClassification.from_pretrained(str(path), config=config, dtype=torch.float32)
 
 
 def last_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

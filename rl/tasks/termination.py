@@ -1,0 +1,175 @@
+"""Step termination functions: where one reasoning step (an AlphaLLM "option") ends.
+
+AlphaLLM (Tian et al. 2024, §4.2) searches over options: a sequence of tokens that a
+termination function ends. The right unit depends on the task (a line of arithmetic, a
+paragraph of a word problem that holds a formula, a statement of code), so each task picks one
+of the functions below by name (`TERMINATIONS`, config key `task.termination`).
+
+Each termination has three parts:
+
+    stop_strings    what a generation engine stops on; a stop only *proposes* a boundary.
+    ends(text)      True when `text`, generated from the start of a step, holds a complete step.
+    split(text)     a full solution cut into its steps; "".join(split(text)) == text.
+
+The engine contract: generate a step until a stop string appears, then call `ends` on everything
+generated for this step so far. If it is False (a paragraph break before any formula, a line that
+opens a code block), keep generating the same step and ask again at the next stop. When it is True
+the step is `split(text)[0]`; this equals `text` except when a code block is closed by a dedented
+line, which is visible only once that line has been generated (the rest then starts the next step).
+`ends` and `split` share one boundary finder, so a step found while generating is the step that
+`split` finds in the finished solution.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+
+class Termination(Protocol):
+    stop_strings: tuple[str, ...]
+
+    def ends(self, text: str) -> bool:
+        """True when text (generated from the start of a step) holds a complete step."""
+
+    def split(self, text: str) -> list[str]:
+        """The steps of a full solution; their concatenation is the text."""
+
+
+def _cut(text: str, bounds: list[int]) -> list[str]:
+    """Pieces of text between boundary offsets; the tail after the last boundary is the last piece."""
+    cuts = [0, *bounds, len(text)]
+    return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+@dataclass(frozen=True)
+class NewlineStep:
+    """A step is one line, ending at (and including) its newline: the arithmetic scratchpad's unit."""
+    name: ClassVar[str] = "newline"
+    stop_strings: tuple[str, ...] = ("\n",)
+
+    def bounds(self, text: str) -> list[int]:
+        return [m.end() for m in re.finditer("\n", text)]
+
+    def ends(self, text: str) -> bool:
+        return "\n" in text
+
+    def split(self, text: str) -> list[str]:
+        return _cut(text, self.bounds(text))
+
+
+# A formula: a number or a one-letter variable, an operator, then a number, on one line
+# ("3 + 4 = 7", "x = 12", "2x - 5", "10/(2"). Dates such as "2024-05" also match; that only
+# lets a paragraph end, never cuts one, so it is harmless.
+FORMULA_RE = re.compile(r"(?:\d|(?<![A-Za-z])[A-Za-z](?![A-Za-z]))[ \t]*[-+*/=][ \t]*[-(]?\d")
+
+
+@dataclass(frozen=True)
+class FormulaParagraphStep:
+    """A step is a paragraph that holds a formula: it ends at the first "\\n\\n" after a formula.
+
+    Word problems (GSM8K style) spend paragraphs setting up before they compute; a paragraph break
+    before any formula does not end the step, so every step carries at least one computation that a
+    critic can judge. The engine stops on "\\n\\n", calls `ends`, and continues the same step while
+    it is False.
+    """
+    name: ClassVar[str] = "formula_paragraph"
+    stop_strings: tuple[str, ...] = ("\n\n",)
+
+    def bounds(self, text: str) -> list[int]:
+        out, start = [], 0
+        for m in re.finditer("\n\n", text):  # left to right, like a stop string
+            if FORMULA_RE.search(text, start, m.start()):  # a formula in this step, before the break
+                out.append(m.end())
+                start = m.end()
+        return out
+
+    def ends(self, text: str) -> bool:
+        return bool(self.bounds(text))
+
+    def split(self, text: str) -> list[str]:
+        return _cut(text, self.bounds(text))
+
+
+_CLAUSE_RE = re.compile(r"(else|elif|except|finally)\b")  # continue a block at its own level
+_STRING_RE = re.compile(r"'(?:\\.|[^'\\])*'?|\"(?:\\.|[^\"\\])*\"?")  # one-line strings, maybe unclosed
+
+
+def _code_only(line: str) -> str:
+    """The line without string literals and its comment, so brackets and ':' are only code."""
+    return _STRING_RE.sub("''", line).split("#", 1)[0]
+
+
+def _bracket_delta(code: str) -> int:
+    return sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+@dataclass(frozen=True)
+class CodeStep:
+    """A step is one statement of Python-like code; a block statement takes its whole block.
+
+    Rule, line by line (a logical line joins physical lines while a bracket is open):
+      * a logical line that does not end with ':' ends the step at its newline;
+      * one that ends with ':' opens a block at its indentation L; the step then runs through every
+        following line indented deeper than L (nested blocks included), and through `else`, `elif`,
+        `except` and `finally` lines at level L;
+      * the block, and the step, end at a blank line (included in the step) or just before the first
+        non-blank line indented at most L (a dedent);
+      * blank lines between statements belong to the next statement; a decorator line (`@...`) does
+        not end a step, its `def`/`class` does.
+    A blank line ends the block even inside a function body: it is the one block end an engine can
+    see without generating the next line. Not handled: strings spanning lines (triple quotes),
+    backslash continuations.
+    """
+    name: ClassVar[str] = "code"
+    stop_strings: tuple[str, ...] = ("\n",)
+
+    def bounds(self, text: str) -> list[int]:
+        out: list[int] = []
+        block: int | None = None   # indentation L of the line that opened this step's block
+        depth = 0                  # brackets left open by earlier physical lines
+        start_indent = 0           # indentation of the current logical line's first line
+        pos = 0
+        for line in re.findall(r"[^\n]*\n|[^\n]+", text):
+            end, complete, body = pos + len(line), line.endswith("\n"), line.rstrip("\n")
+            if depth == 0:
+                if not body.strip():
+                    if block is not None and complete:  # a blank line closes the block
+                        out.append(end)
+                        block = None
+                    pos = end
+                    continue
+                ind = _indent(body)
+                if block is not None and (ind < block or ind == block and not _CLAUSE_RE.match(body.lstrip())):
+                    out.append(pos)  # dedent: the block ended before this line
+                    block = None
+                start_indent = ind
+            code = _code_only(body)
+            depth = max(0, depth + _bracket_delta(code))
+            if depth == 0 and complete and block is None:  # a logical line ended outside any block
+                if code.rstrip().endswith(":"):
+                    block = start_indent
+                elif not code.lstrip().startswith("@"):
+                    out.append(end)
+            pos = end
+        return out
+
+    def ends(self, text: str) -> bool:
+        return bool(self.bounds(text))
+
+    def split(self, text: str) -> list[str]:
+        return _cut(text, self.bounds(text))
+
+
+TERMINATIONS = {"newline": NewlineStep, "formula_paragraph": FormulaParagraphStep, "code": CodeStep}
+
+
+def termination_for(name: str) -> Termination:
+    """The termination function registered under name (the value of `task.termination`)."""
+    if name not in TERMINATIONS:
+        raise ValueError(f"task.termination = {name!r}: known terminations are {', '.join(TERMINATIONS)}")
+    return TERMINATIONS[name]()

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+
+from fakes import ScriptedPolicy, ToyTask
+from rl.config import ArithmeticConfig
+from rl.imagination import (REWRITE_TEMPLATES, Curriculum, answer_agreement, arithmetic_config_for,
+                            build_ngram_index, ngram_overlap, rewrite_prompt, synthesize)
+from rl.models.policy import StepSample
+from rl.tasks import ArithmeticTask
+from rl.tasks.base import Problem
+
+
+def test_curriculum_ramps_linearly_then_holds():
+    c = Curriculum(start_level=0, end_level=4, ramp_rounds=4)
+    assert [c.level(r) for r in range(1, 8)] == [0, 1, 2, 3, 4, 4, 4]
+    slow = Curriculum(start_level=1, end_level=3, ramp_rounds=4)  # two levels over four rounds
+    assert [slow.level(r) for r in range(1, 7)] == [1, 1, 2, 2, 3, 3]
+    assert Curriculum(start_level=0, end_level=2, ramp_rounds=0).level(1) == 2
+    with pytest.raises(ValueError, match="1-based"):
+        c.level(0)
+    with pytest.raises(ValueError, match="start_level"):
+        Curriculum(start_level=3, end_level=1)
+
+
+def test_curriculum_mixes_in_easier_levels():
+    c = Curriculum(start_level=0, end_level=4, ramp_rounds=4, easy_frac=0.25)
+    levels = c.levels(4, 8, np.random.default_rng(0))              # level(4) = 3
+    assert sorted(levels)[2:] == [3] * 6 and all(0 <= x < 3 for x in sorted(levels)[:2])
+    assert c.levels(1, 8, np.random.default_rng(0)) == [0] * 8      # nothing easier than the start
+
+
+def test_arithmetic_config_for_is_monotone_and_valid():
+    base = ArithmeticConfig(min_operands=2, max_operands=3, max_value=9, operators="+-", max_result=99)
+    assert arithmetic_config_for(0, base) == base
+    cfgs = [arithmetic_config_for(k, base, max_operands_cap=5) for k in range(12)]
+    assert [c.max_operands for c in cfgs[:4]] == [3, 4, 5, 5]       # capped at 5
+    assert [c.max_value for c in cfgs[:3]] == [9, 18, 27] and cfgs[-1].max_value == 99  # capped at max_result
+    for a, b in zip(cfgs, cfgs[1:]):
+        assert a.max_operands <= b.max_operands and a.max_value <= b.max_value
+        assert (b.min_operands, b.min_value, b.operators, b.max_result) == (2, 1, "+-", 99)
+    ArithmeticTask(cfgs[-1]).generate(5, 0, "train")                # the hardest level still generates
+
+
+def test_ngram_overlap_on_hand_strings():
+    index = build_ngram_index(["Ann has 5 pens.", "How many pens are left?"], 2)
+    assert ("ann", "has") in index and ("pens", "how") not in index  # texts do not run into each other
+    assert ngram_overlap("ANN has 5 pens!", index, 2) == 1.0          # case and punctuation ignored
+    # bigrams: (bob has) (has 5) (5 pens) (pens are) (are left); all but (bob has) are in the index
+    assert ngram_overlap("Bob has 5 pens are left", index, 2) == pytest.approx(4 / 5)
+    assert ngram_overlap("Bob has 7 cats", index, 2) == 0.0
+    assert ngram_overlap("pens", index, 2) == 0.0                     # shorter than n: no n-grams
+    with pytest.raises(ValueError, match="2-grams, not 3-grams"):
+        ngram_overlap("Ann has 5 pens", index, 3)
+
+
+def test_answer_agreement():
+    assert answer_agreement(["7", "7", "8", None]) == ("7", 0.5)     # None counts against agreement
+    assert answer_agreement(["3", "4"]) == ("3", 0.5)                 # ties go to the first seen
+    assert answer_agreement([None, None]) == (None, 0.0)
+    assert answer_agreement([]) == (None, 0.0)
+
+
+def test_rewrite_prompt():
+    p = rewrite_prompt("reverse", "Tom has 3 apples.")
+    assert "Tom has 3 apples." in p and p.endswith("Reverse problem:")
+    assert set(REWRITE_TEMPLATES) == {"rephrase", "change_numbers", "reverse"}
+    with pytest.raises(ValueError, match="known templates are rephrase, change_numbers, reverse"):
+        rewrite_prompt("shorten", "x")
+
+
+class WordTask(ToyTask):
+    """ToyTask with a prompt that shows the question, so each question gets its own solutions."""
+
+    def prompt(self, problem):
+        return f"Q: {problem.question}\n"
+
+
+class RewritingPolicy(ScriptedPolicy):
+    """ScriptedPolicy (rewrites as one-line steps) whose `complete` returns scripted solutions per prompt, in turn."""
+
+    def __init__(self, steps: dict[str, list[str]], solutions: dict[str, list[str]]):
+        super().__init__(steps)
+        self.solutions = solutions
+        self.solved: list[str] = []
+
+    def complete(self, prefixes, *, max_new_tokens=128, temperature=0.0, seed=None):
+        served: dict[str, int] = {}
+        out = []
+        for p in prefixes:
+            self.solved.append(p)
+            i = served[p] = served.get(p, -1) + 1
+            text = self.solutions[p][i % len(self.solutions[p])]
+            out.append(StepSample(text=text, num_tokens=len(text), logprob=-1.0, finished=True))
+        return out
+
+
+SEED = Problem(id="s1", question="Tom has 3 apples and buys 4 more. How many apples does he have?", answer="7")
+EVAL = ["Ann has 5 pens and loses 2 of them. How many pens are left?"]
+CHANGED = "Tom has 5 apples and buys 6 more. How many apples does he have?"
+REVERSED = "Tom buys 4 apples and then has 7. How many apples did he have before?"
+
+
+def scripted_policy() -> RewritingPolicy:
+    return RewritingPolicy(
+        steps={rewrite_prompt("rephrase", SEED.question): [f" {EVAL[0]}\n"],  # copies an eval question
+               rewrite_prompt("change_numbers", SEED.question): [f" {CHANGED}\n"],
+               rewrite_prompt("reverse", SEED.question): [f" {REVERSED}\n"]},
+        solutions={f"Q: {CHANGED}\n": ["5+6=11\nAnswer: 11\n", "Answer: 11\n", "Answer: 12\n"],  # 2 of 3 agree
+                   f"Q: {REVERSED}\n": ["Answer: 3\n", "Answer: 4\n", "no idea\n"]})           # 1 of 3
+
+
+def run(policy):
+    return synthesize([SEED], policy, WordTask(), templates=list(REWRITE_TEMPLATES), samples=3, min_agreement=0.6,
+                      eval_index=build_ngram_index(EVAL, 3), max_overlap=0.5, n=3, rng=np.random.default_rng(0))
+
+
+def test_synthesize_drops_copies_and_disagreement_keeps_the_majority():
+    policy = scripted_policy()
+    problems, metrics = run(policy)
+    assert metrics == {"imagination/proposed": 3, "imagination/kept": 1, "imagination/dropped_invalid": 0,
+                       "imagination/dropped_overlap": 1, "imagination/dropped_disagree": 1}
+    [p] = problems
+    assert p.question == CHANGED and p.answer == "11"                 # gold = the majority answer
+    assert p.solution == "5+6=11\nAnswer: 11\n"                       # the first agreeing sample
+    assert p.id.startswith("s1-change_numbers-") and run(scripted_policy())[0][0].id == p.id  # stable id
+    assert f"Q: {EVAL[0]}\n" not in policy.solved                     # a contaminated rewrite is never solved
+    assert policy.solved.count(f"Q: {CHANGED}\n") == 3
+
+
+def test_synthesize_drops_empty_and_repeated_rewrites():
+    policy = RewritingPolicy(steps={rewrite_prompt("rephrase", SEED.question): [f" {SEED.question}\n"],
+                                    rewrite_prompt("reverse", SEED.question): ["\n"]}, solutions={})
+    problems, metrics = synthesize([SEED], policy, WordTask(), templates=["rephrase", "reverse"], samples=2,
+                                   min_agreement=0.5, eval_index=frozenset(), max_overlap=0.5, n=3,
+                                   rng=np.random.default_rng(0))
+    assert problems == [] and metrics["imagination/dropped_invalid"] == 2 and policy.solved == []
