@@ -1,27 +1,53 @@
 """Rollout actors and the pool that hands them work."""
 from __future__ import annotations
 
+import numpy as np
 import ray
 
+from actors.placement import RolloutPlacement
 from actors.runtime import runtime_env, threads_for
 from rl.config import Config
 from rl.rollout import EvalRecord, RolloutBatch, RolloutWorker
 from rl.tasks import TASKS
 from rl.tasks.base import Problem
 
-RolloutActor = ray.remote(RolloutWorker)
+
+class RolloutShell(RolloutWorker):
+    """RolloutWorker plus the one thing that needs Ray: sending experiences straight to the replay actor."""
+
+    def search_to(self, replay, problems: list[Problem], **kwargs) -> RolloutBatch:
+        """Search, put the node records into the replay actor (not through the driver), return the rest.
+
+        The put waits while the replay inbox is full under replay.backpressure = "block": that wait is
+        the backpressure on this actor. Only nodes with a Monte Carlo target are sent (the others carry
+        no label for any critic).
+        """
+        batch = self.search(problems, **kwargs)
+        sent = [n for n in batch.nodes if not np.isnan(n.value_target)]
+        ray.get(replay.put.remote(sent))
+        batch.sent_nodes, batch.nodes = len(sent), []
+        return batch
+
+
+RolloutActor = ray.remote(RolloutShell)
 
 
 class RolloutPool:
-    """N rollout actors; problems are handed out in chunks from a queue, so a fast actor takes more."""
+    """N rollout actors, each in its own placement group; problems are handed out in chunks from a
+    queue, so a fast actor takes more."""
 
     def __init__(self, cfg: Config, policy_path: str, value_path: str):
         task = TASKS[cfg.task.name](cfg.task.arithmetic)
         r = cfg.rollout
         self.chunk_size = r.chunk_size
+        self.placement = RolloutPlacement(r.num_actors, num_cpus=r.num_cpus, policy_gpus=r.num_gpus,
+                                          critic_gpus=r.critic_gpus, colocate=r.colocate_critics)
+        on_gpu = "GPU" in self.placement.bundle
+        device = self.placement.devices["policy"] if on_gpu else cfg.model.device
+        critic_device = self.placement.devices["critic"] if on_gpu else None
         self.actors = [
-            RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=runtime_env(r.num_cpus))
-            .remote(task, cfg.search, policy_path, value_path, device=cfg.model.device,
+            RolloutActor.options(**self.placement.options(i), runtime_env=runtime_env(r.num_cpus))
+            .remote(task, cfg.search, policy_path, value_path, device=device, critic_device=critic_device,
                     seed=cfg.seed * 1000 + i, num_threads=threads_for(r.num_cpus), backend=cfg.model.backend,
                     critics=tuple(cfg.learner.critics), labels=cfg.labels)
             for i in range(r.num_actors)]
@@ -46,8 +72,14 @@ class RolloutPool:
                 next_chunk += 1
         return results
 
-    def search(self, problems: list[Problem], progress=None, export_trees: int = 0) -> list[RolloutBatch]:
-        """Search every problem with labels allowed; each chunk exports up to export_trees trees."""
+    def search(self, problems: list[Problem], progress=None, export_trees: int = 0, replay=None) -> list[RolloutBatch]:
+        """Search every problem with labels allowed; each chunk exports up to export_trees trees.
+
+        With a replay actor, node records go there directly and the batches come back without them.
+        """
+        if replay is not None:
+            return self._map(problems, lambda a, c: a.search_to.remote(replay, c, use_reward=True,
+                                                                      export_trees=export_trees), progress)
         return self._map(problems, lambda a, c: a.search.remote(c, use_reward=True, export_trees=export_trees),
                          progress)
 

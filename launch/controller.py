@@ -7,22 +7,20 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import ray
 from tqdm import tqdm
 
+from actors.replay import ReplayActor
 from actors.rollout import RolloutPool
 from learners.group import LearnerGroup
 from learners.learner import Learner
 from launch import checkpoint as ckpt
 from launch.tracking import Tracker, format_table, write_summary
 from rl.config import Config, to_dict
-from rl.experience import CriticExample, NodeExperience, ReplayBuffer, value_examples
-from rl.labels import best_reward_below, terminal_examples, tree_transitions
-from rl.metrics import binary_auc, critic_report, expected_calibration_error
+from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
 from rl.tasks import TASKS, load_problems
@@ -31,17 +29,6 @@ from rl.tasks.base import Problem
 BOOTSTRAP_SEED_OFFSET = 10**6   # keeps bootstrap problems apart from the per-round prompt seeds
 EVAL_SEED_OFFSET = 2 * 10**6
 REPLAY_FILE = "replay.jsonl"
-
-
-def is_heldout(problem_id: str, frac: float) -> bool:
-    """A stable split of problems into critic training and held-out data (same answer in every round)."""
-    return zlib.crc32(problem_id.encode()) % 10_000 < frac * 10_000
-
-
-def _split(texts: list[str], targets: np.ndarray, pids: list[str], frac: float):
-    held = np.array([is_heldout(p, frac) for p in pids], dtype=bool)
-    pick = lambda mask: ([t for t, m in zip(texts, mask) if m], np.asarray(targets)[mask])  # noqa: E731
-    return pick(~held), pick(held)
 
 
 class Controller:
@@ -56,7 +43,7 @@ class Controller:
         self.version = 0          # last published weights version
         self.summary: list[dict] = []
         self.address = address
-        self.replay = ReplayBuffer(cfg.learner.replay_capacity)
+        self.replay = None  # the replay actor, started in setup()
         self.rng = np.random.default_rng(cfg.seed)
 
     # ---- set-up ----------------------------------------------------------------------
@@ -92,7 +79,6 @@ class Controller:
         if self.resume_from is not None:
             state = ckpt.load_loop_state(self.resume_from)
             self.load_state_dict(state)
-            self.replay = ReplayBuffer.load(self.resume_from / REPLAY_FILE, capacity=c.learner.replay_capacity)
             policy_path, value_path = str(self.resume_from / "policy"), str(self.resume_from / "value")
         else:
             policy_path = c.model.policy
@@ -104,7 +90,11 @@ class Controller:
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      **({} if self.address else {"num_cpus": max(2, int(np.ceil(
-                         c.rollout.num_actors * c.rollout.num_cpus + c.learner.num_cpus)))}))
+                         c.rollout.num_actors * c.rollout.num_cpus + c.learner.num_ranks * c.learner.num_cpus + 0.1)))}))
+        self.replay = ReplayActor.remote(c.learner.replay_capacity, inbox_capacity=c.replay.inbox_capacity,
+                                         backpressure=c.replay.backpressure)
+        if self.resume_from is not None:
+            ray.get(self.replay.load.remote(str(self.resume_from / REPLAY_FILE)))
         self.learner = LearnerGroup(c, policy_path, value_path)
         self.pool = RolloutPool(c, policy_path, value_path)
         if self.resume_from is not None:
@@ -180,67 +170,32 @@ class Controller:
         return {f"bootstrap/{k.split('/')[-1]}": v for k, v in m.items()}
 
     def _search_and_learn(self, r: int) -> dict:
+        """Rollout actors search and stream their nodes to the replay actor; the learner ranks read the
+        round's records from it (object refs, not through the driver), train the critics and the policy."""
         problems = self.train_problems(r)
         t0 = time.perf_counter()
         bar = tqdm(total=len(problems), desc=f"round {r} search", leave=False, disable=not self.console, position=1)
-        batches = self.pool.search(problems, progress=bar.update, export_trees=1 if self.cfg.loop.log_trees else 0)
+        batches = self.pool.search(problems, progress=bar.update, export_trees=1 if self.cfg.loop.log_trees else 0,
+                                   replay=self.replay)
         bar.close()
         t_search = time.perf_counter() - t0
-        nodes = [n for b in batches for n in b.nodes]
+        ray.get(self.replay.drain.remote())
         trajs = [t for b in batches for t in b.trajectories]
-        self.replay.add([n for n in nodes if not np.isnan(n.value_target)])
-        stale = self.replay.staleness(self.version)
-        fresh = [rec for rec, s in zip(self.replay, stale) if s <= self.cfg.learner.value_max_staleness]
-        keep = self.rng.permutation(len(fresh))[:self.cfg.learner.value_samples]
-        sampled = [fresh[i] for i in keep]
-        states, targets = value_examples(sampled)
-        metrics = self._fit_critic("value", states, targets, [n.problem_id for n in sampled if not np.isnan(n.value_target)])
-        metrics.update(self._train_critics(nodes, [e for b in batches for e in b.examples]))
+        nodes_ref = self.replay.records.remote(0, self.version)  # this round's records
+        stale = self.cfg.learner.value_max_staleness
+        value_ref = nodes_ref if stale == 0 else self.replay.records.remote(stale, self.version)
+        examples = [e for b in batches for e in b.examples]
+        metrics = self.learner.call(Learner.train_critics, value_ref, nodes_ref, examples, self.cfg.labels)
         metrics.update(self.learner.call(Learner.train_policy, [t.prompt for t in trajs], [t.solution for t in trajs]))
         self._save_trees(r, [t for b in batches for t in b.trees][:self.cfg.loop.log_trees])
         records = [rec for b in batches for rec in b.records]
         metrics.update({
             "rollout/solved_frac": len(trajs) / len(problems),
             "rollout/search_acc": float(np.mean([rec.correct for rec in records])),
-            "rollout/nodes": len(nodes), "rollout/value_examples": len(states),
+            "rollout/nodes": sum(b.sent_nodes for b in batches), "rollout/critic_examples": len(examples),
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
-            "rollout/max_staleness": int(stale.max(initial=0)), **self.replay.metrics(),
+            **ray.get(self.replay.metrics.remote()),
             "time/search": t_search, "perf/problems_per_s": len(problems) / t_search})
-        return metrics
-
-    # ---- critics ---------------------------------------------------------------------
-    def _fit_critic(self, name: str, texts: list[str], targets: np.ndarray, pids: list[str]) -> dict:
-        """Train one critic on the training problems' labels; report it on the held-out problems' labels."""
-        (tr_x, tr_y), (ho_x, ho_y) = _split(texts, targets, pids, self.cfg.learner.holdout_frac)
-        metrics = self.learner.call(Learner.train_critic, name, tr_x, tr_y)
-        if ho_x:
-            metrics.update(critic_report(name, self.learner.call(Learner.critic_scores, name, ho_x), ho_y))
-        return metrics
-
-    def _train_critics(self, nodes: list[NodeExperience], examples: list[CriticExample]) -> dict:
-        """Q, PRM and ORM from this round's searches (learner.critics; labels.* says how)."""
-        L, frac, metrics = self.cfg.labels, self.cfg.learner.holdout_frac, {}
-        for name in self.cfg.learner.critics:
-            if name == "orm":
-                metrics.update(self._fit_critic("orm", *terminal_examples(nodes)))
-            elif name == "prm":
-                prm = [e for e in examples if e.kind == "prm"]
-                metrics.update(self._fit_critic("prm", [e.text for e in prm], np.array([e.target for e in prm]),
-                                                [e.problem_id for e in prm]))
-            elif name == "q" and L.q_source == "stronger":
-                q = [e for e in examples if e.kind == "q"]
-                metrics.update(self._fit_critic("q", [e.text for e in q], np.array([e.target for e in q]),
-                                                [e.problem_id for e in q]))
-            elif name == "q" and L.q_source == "rollout":
-                metrics.update(self._fit_critic("q", *best_reward_below(nodes)))
-            elif name == "q":  # fitted Q-iteration on the training problems' transitions
-                train = tree_transitions([n for n in nodes if not is_heldout(n.problem_id, frac)])
-                metrics.update(self.learner.call(Learner.train_q_fqi, train, iterations=L.fqi_iterations,
-                                                 gamma=L.gamma))
-                # held out: Q against the best reward the search reached below each (s, a)
-                texts, truth, _ = best_reward_below([n for n in nodes if is_heldout(n.problem_id, frac)])
-                if texts:
-                    metrics.update(critic_report("q", self.learner.call(Learner.critic_scores, "q", texts), truth))
         return metrics
 
     def _save_trees(self, r: int, trees: list[dict]) -> None:
@@ -286,5 +241,5 @@ class Controller:
     def _checkpoint(self, r: int) -> Path:
         staging = ckpt.staging_dir(self.run_dir, r)
         self.learner.call(Learner.save, str(staging))
-        self.replay.save(staging / REPLAY_FILE)
+        ray.get(self.replay.save.remote(str(staging / REPLAY_FILE)))
         return ckpt.commit(staging, self.state_dict())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import math
+import sys
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Protocol
@@ -247,12 +248,14 @@ class CollectiveSender:
 class CollectiveReceiver:
     """Ranks 1..N of a weight broadcast group; plain enough to wrap in ray.remote.
 
-    reuse_buffers=True receives into the same buffers every time (no fresh allocation), so the
-    weights of one receive() are overwritten by the next: copy them into a model before then.
+    On CPU, receive() writes into the previous receive()'s buffers when no array from them is still
+    alive (CPython reference counts), else into new ones: returned arrays are never overwritten, and
+    a receiver that copies the weights into a model and drops them reuses its buffers, which avoids
+    first-touch page faults that cost several times the broadcast itself (bench/scaling_publish.py).
+    With nccl the buffers stay on the GPU and the weights come back as fresh host copies.
     """
 
-    def __init__(self, *, reuse_buffers: bool = False):
-        self.reuse_buffers = reuse_buffers
+    def __init__(self):
         self.group: dist.ProcessGroup | None = None
 
     def join(self, addr: GroupAddress, rank: int) -> int:
@@ -265,13 +268,19 @@ class CollectiveReceiver:
         self._store = dist.TCPStore(addr.host, addr.port, addr.world_size, is_master=False,
                                     timeout=datetime.timedelta(seconds=addr.timeout_s))
         self.group = _make_group(addr, rank, self._store)
-        self._bufs = [self._empty(b) for b in self.buckets] if self.reuse_buffers else None
+        if self.device.type == "cpu":
+            self._bufs: list = [np.empty(b.numel, b.dtype) for b in self.buckets]
+            self._idle_refs = sys.getrefcount(self._bufs[0]) if self._bufs else 0  # held by the list alone
+        else:
+            self._bufs = [torch.empty(b.numel, dtype=torch.from_numpy(np.empty(0, b.dtype)).dtype, device=self.device)
+                          for b in self.buckets]
         return rank
 
-    def _empty(self, b: Bucket) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return torch.from_numpy(np.empty(b.numel, b.dtype))  # numpy owns it: results are plain views
-        return torch.empty(b.numel, dtype=torch.from_numpy(np.empty(0, b.dtype)).dtype, device=self.device)
+    def _free_buffer(self, i: int) -> np.ndarray | torch.Tensor:
+        """Bucket i's buffer if nothing else holds it (or views of it), else a new one."""
+        if self.device.type == "cpu" and sys.getrefcount(self._bufs[i]) > self._idle_refs:
+            self._bufs[i] = np.empty(self.buckets[i].numel, self.buckets[i].dtype)
+        return self._bufs[i]
 
     def receive(self, payload: Any = None) -> tuple[int, Weights]:
         """Wait for the next publish; returns (version, weights) in spec order. payload is unused."""
@@ -279,12 +288,13 @@ class CollectiveReceiver:
         broadcast_async(self.group, version).wait()  # alone first: after an abort no buckets follow
         if int(version) == ABORT:
             raise RuntimeError("the sender's weights did not match the broadcast spec; nothing was sent")
-        bufs = self._bufs or [self._empty(b) for b in self.buckets]
-        works = [broadcast_async(self.group, t) for t in bufs]
+        bufs = [self._free_buffer(i) for i in range(len(self.buckets))]
+        tensors = [torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in bufs]
+        works = [broadcast_async(self.group, t) for t in tensors]
         weights: Weights = {}
-        for b, t, w in zip(self.buckets, bufs, works):
-            w.wait()
-            weights.update(unflatten(t.cpu().numpy(), b))  # .cpu() is a no-op on CPU
+        for b, buf, work in zip(self.buckets, bufs, works):
+            work.wait()
+            weights.update(unflatten(buf if isinstance(buf, np.ndarray) else buf.cpu().numpy(), b))
         return int(version), {name: weights[name] for name, *_ in self.addr.spec}
 
 

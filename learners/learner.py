@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import torch.distributed as dist
 
 from learners.dist import bind_free_port, init_group
-from rl.config import LearnerConfig
+from learners.critic_round import train_critics
+from rl.config import LabelsConfig, LearnerConfig
 from rl.labels import QTransitions, fqi_targets
 from rl.losses import sft_batch, sft_loss, value_batch, value_loss
 from rl.models.critic import last_token_logits, load_value_model
@@ -210,6 +211,10 @@ class Learner:
         metrics["learner/q_bellman_error_final"] = float(np.mean((after - y) ** 2))
         metrics["time/q_train"] = time.perf_counter() - t0
         return metrics
+
+    def train_critics(self, value_nodes: list, nodes: list, examples: list, labels: LabelsConfig) -> dict:
+        """One round of critic training from experience records (learners/critic_round.py)."""
+        return train_critics(self, value_nodes, nodes, examples, labels)
 
     def _critic(self, name: str):
         if name not in self.critics:

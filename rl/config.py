@@ -117,6 +117,10 @@ class RolloutConfig:
     num_cpus: float = 0.9          # per actor; fractional so that learner and driver fit
     num_gpus: float = 0.0          # per actor; > 0 pins policy and critic to a GPU
     chunk_size: int = 8            # problems per work item handed to an actor
+    # GPUs: each actor's policy takes num_gpus; colocate_critics puts its critics on the same GPU(s),
+    # otherwise they get critic_gpus whole GPUs of their own (actors/placement.py)
+    critic_gpus: float = 0.0
+    colocate_critics: bool = True
 
 
 @dataclass
@@ -146,6 +150,15 @@ class LearnerConfig:
     holdout_frac: float = 0.1      # problems whose labels are held out to report each critic's loss/precision/recall/ECE
     num_cpus: float = 1.0          # per rank
     num_gpus: float = 0.0          # per rank
+
+
+@dataclass
+class ReplayConfig:
+    """The replay actor's inbox: experiences wait there between the rollout actors and the buffer."""
+    inbox_capacity: int = 200000   # records waiting to be drained into the buffer
+    # when the inbox is full: block the sending rollout actor (nothing lost), drop the new records,
+    # or drop the oldest waiting ones; drops are counted (replay/dropped)
+    backpressure: Literal["block", "drop_new", "drop_oldest"] = "block"
 
 
 @dataclass
@@ -193,6 +206,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

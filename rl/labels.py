@@ -1,6 +1,7 @@
 """Training labels from search trees: plain functions, tested on hand-built trees."""
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -335,3 +336,8 @@ def terminal_examples(nodes: Sequence) -> tuple[list[str], np.ndarray, list[str]
     kept = [n for n in nodes if not np.isnan(n.terminal_reward)]
     return ([n.state for n in kept], orm_labels([n.terminal_reward for n in kept]) if kept else np.zeros(0),
             [n.problem_id for n in kept])
+
+
+def is_heldout(problem_id: str, frac: float) -> bool:
+    """A stable split of problems into critic training and held-out data (the same in every round and rank)."""
+    return zlib.crc32(problem_id.encode()) % 10_000 < frac * 10_000

@@ -42,6 +42,7 @@ class RolloutBatch:
     records: list[EvalRecord] = field(default_factory=list)  # the search's own answer per problem
     trees: list[dict] = field(default_factory=list)          # exported trees (Tree.to_json + ids), if asked
     examples: list[CriticExample] = field(default_factory=list)  # PRM (Math-Shepherd) and stronger-policy Q labels
+    sent_nodes: int = 0     # node records sent straight to a replay actor (then `nodes` is empty)
     policy_version: int = 0
     critic_version: int = 0
 

@@ -1,0 +1,67 @@
+"""One round of critic training on a learner rank: labels from the round's experience, then a fit per critic.
+
+Runs where the records already are (the learner rank, which receives them from the replay actor as
+object refs, not through the driver). Each critic trains on the training problems' labels and is
+reported on the held-out problems' labels (rl.labels.is_heldout: a stable split by problem id):
+loss, precision, recall, ECE and AUC under `critic/{name}_...`.
+
+    V    Monte Carlo targets of the sampled replay records (rl.experience.value_examples)
+    ORM  0/1 verifier reward of each complete solution the searches reached
+    PRM  Math-Shepherd labels the rollout workers made (CriticExample kind "prm")
+    Q    labels.q_source: fqi (fitted Q-iteration over the tree transitions, Learner.train_q_fqi),
+         rollout (best reward reached below (s, a)), or stronger (CriticExample kind "q")
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rl.config import LabelsConfig
+from rl.experience import CriticExample, NodeExperience, value_examples
+from rl.labels import best_reward_below, is_heldout, terminal_examples, tree_transitions
+from rl.metrics import critic_report
+
+if TYPE_CHECKING:
+    from learners.learner import Learner
+
+
+def fit_and_report(learner: "Learner", name: str, texts: list[str], targets, problem_ids: list[str]) -> dict:
+    """Train critic `name` on the training problems' (text, target) pairs; report it on the held-out ones."""
+    frac = learner.cfg.holdout_frac
+    held = np.array([is_heldout(p, frac) for p in problem_ids], dtype=bool)
+    targets = np.asarray(targets, dtype=np.float64)
+    metrics = learner.train_critic(name, [t for t, h in zip(texts, held) if not h], targets[~held])
+    if held.any():
+        ho = [t for t, h in zip(texts, held) if h]
+        metrics.update(critic_report(name, learner.critic_scores(name, ho), targets[held]))
+    return metrics
+
+
+def train_critics(learner: "Learner", value_nodes: list[NodeExperience], nodes: list[NodeExperience],
+                  examples: list[CriticExample], labels: LabelsConfig) -> dict:
+    """V on up to learner.value_samples of value_nodes (drawn with the learner's seeded rng, the same
+    draw on every rank), then every critic of learner.critics from this round's nodes and examples."""
+    cfg = learner.cfg
+    keep = learner.rng.permutation(len(value_nodes))[:cfg.value_samples]
+    sampled = [value_nodes[i] for i in keep if not np.isnan(value_nodes[i].value_target)]
+    states, targets = value_examples(sampled)
+    metrics = fit_and_report(learner, "value", states, targets, [n.problem_id for n in sampled])
+    metrics["learner/value_examples_drawn"] = len(states)
+    for name in cfg.critics:
+        if name == "orm":
+            metrics.update(fit_and_report(learner, "orm", *terminal_examples(nodes)))
+        elif name == "prm" or (name == "q" and labels.q_source == "stronger"):
+            ex = [e for e in examples if e.kind == name]
+            metrics.update(fit_and_report(learner, name, [e.text for e in ex], [e.target for e in ex],
+                                          [e.problem_id for e in ex]))
+        elif name == "q" and labels.q_source == "rollout":
+            metrics.update(fit_and_report(learner, "q", *best_reward_below(nodes)))
+        elif name == "q":  # fitted Q-iteration on the training problems' transitions
+            train = tree_transitions([n for n in nodes if not is_heldout(n.problem_id, cfg.holdout_frac)])
+            metrics.update(learner.train_q_fqi(train, iterations=labels.fqi_iterations, gamma=labels.gamma))
+            # held out: Q against the best reward the search reached below each (s, a)
+            texts, truth, _ = best_reward_below([n for n in nodes if is_heldout(n.problem_id, cfg.holdout_frac)])
+            if texts:
+                metrics.update(critic_report("q", learner.critic_scores("q", texts), truth))
+    return metrics
