@@ -60,6 +60,17 @@ class ReplayHost:
         self._room.set()
         return len(records)
 
+    async def drain_new(self) -> list[Any]:
+        """Move every pending record into the buffer and return exactly those records.
+
+        The learner receives this as an object ref (the driver passes the ref on without reading it):
+        the records that arrived since the last drain, i.e. one round's experience.
+        """
+        records = self.inbox.take(None)
+        self.buffer.add(records)
+        self._room.set()
+        return records
+
     async def sample(self, n: int, seed: int, prioritized: bool = False) -> list[Any]:
         """n records drawn by ReplayBuffer.sample with a generator seeded by `seed` (reproducible)."""
         return self.buffer.sample(n, np.random.default_rng(seed), prioritized=prioritized)

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy of a checkpoint on a JSONL file of problems")
     e.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)")
     e.add_argument("--data", required=True, help="JSONL of problems (see `arbor data generate`)")
-    e.add_argument("--method", default="greedy", help="greedy or mcts")
+    e.add_argument("--method", default="greedy", help="greedy, sc, wvote, bon, beam, mcts or astar")
     e.add_argument("--out", default=None, help="write RESULTS.json here")
     e.add_argument("overrides", nargs="*", help="dotted overrides of the checkpoint's config, e.g. search.simulations=32")
 
@@ -67,8 +67,10 @@ def cmd_eval(args) -> int:
     cfg = from_dict(load_loop_state(ck)["config"], args.overrides, where=f"{ck}/loop_state.json")
     problems = load_problems(args.data)
     task = TASKS[cfg.task.name](cfg.task.arithmetic)
+    critics = [n for n in cfg.learner.critics if (ck / n).is_dir()]  # the trained critics the checkpoint holds
     worker = RolloutWorker(task, cfg.search, str(ck / "policy"), str(ck / "value"), device=cfg.model.device,
-                           seed=cfg.seed, backend=cfg.model.backend)
+                           seed=cfg.seed, backend=cfg.model.backend, critics=critics,
+                           critic_paths={n: str(ck / n) for n in critics})
     records = worker.evaluate(problems, args.method)
     acc = float(np.mean([r.correct for r in records]))
     out = {"checkpoint": str(ck), "data": args.data, "method": args.method, "accuracy": acc, "n": len(records),

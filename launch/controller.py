@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,9 @@ class Controller:
         self.summary: list[dict] = []
         self.address = address
         self.replay = None  # the replay actor, started in setup()
+        self._executor = ThreadPoolExecutor(max_workers=1)  # async mode: the next round's search
+        self._prefetch: Future | None = None
+        self._last_search_done: float | None = None
         self.rng = np.random.default_rng(cfg.seed)
 
     # ---- set-up ----------------------------------------------------------------------
@@ -149,6 +153,8 @@ class Controller:
         row = {"round": r, "greedy_acc": metrics["eval/greedy_acc"], "search_acc": metrics["eval/search_acc"],
                **{f"{m}_acc": metrics[f"eval/{m}_acc"] for m in self.cfg.loop.eval_methods},
                "train_solved": metrics.get("rollout/solved_frac", float("nan")), "value_ece": metrics["eval/value_ece"],
+               **{f"heldout_{k[len('critic/'):]}": v for k, v in metrics.items()
+                  if k.startswith("critic/") and k.endswith("_ece")},
                "policy_version": version,
                "seconds": round(time.perf_counter() - t0, 1)}
         self.summary.append(row)
@@ -169,33 +175,69 @@ class Controller:
             self.learner.call(Learner.init_value_from_policy)
         return {f"bootstrap/{k.split('/')[-1]}": v for k, v in m.items()}
 
-    def _search_and_learn(self, r: int) -> dict:
-        """Rollout actors search and stream their nodes to the replay actor; the learner ranks read the
-        round's records from it (object refs, not through the driver), train the critics and the policy."""
+    def _search(self, r: int) -> dict:
+        """Rollout actors search round r's prompts and stream their nodes to the replay actor."""
         problems = self.train_problems(r)
         t0 = time.perf_counter()
         bar = tqdm(total=len(problems), desc=f"round {r} search", leave=False, disable=not self.console, position=1)
         batches = self.pool.search(problems, progress=bar.update, export_trees=1 if self.cfg.loop.log_trees else 0,
                                    replay=self.replay)
         bar.close()
-        t_search = time.perf_counter() - t0
-        ray.get(self.replay.drain.remote())
-        trajs = [t for b in batches for t in b.trajectories]
-        nodes_ref = self.replay.records.remote(0, self.version)  # this round's records
-        stale = self.cfg.learner.value_max_staleness
-        value_ref = nodes_ref if stale == 0 else self.replay.records.remote(stale, self.version)
+        return {"problems": problems, "batches": batches, "started_at": t0, "done_at": time.perf_counter()}
+
+    def _searched(self, r: int) -> tuple[dict, dict]:
+        """Round r's search: run now (sync), or collected from the background (async), where the next
+        round's search is started at once so the actors keep searching while the learner trains.
+
+        time/rollout_idle: the gap between the actors finishing one round's prompts and getting the next
+        (sync: the learner's training, the push and the evaluation); time/learner_idle: how long the
+        learner waited for experience (async)."""
+        c = self.cfg
+        metrics = {}
+        if c.loop.mode == "sync":
+            found = self._search(r)
+            if self._last_search_done is not None:
+                metrics["time/rollout_idle"] = found["started_at"] - self._last_search_done
+        else:
+            t0 = time.perf_counter()
+            found = self._prefetch.result() if self._prefetch is not None else self._search(r)
+            metrics["time/learner_idle"] = time.perf_counter() - t0
+            if r < c.loop.rounds:
+                self._prefetch = self._executor.submit(self._search, r + 1)
+                metrics["time/rollout_idle"] = time.perf_counter() - found["done_at"]
+            else:
+                self._prefetch = None
+        self._last_search_done = found["done_at"]
+        metrics["time/search"] = found["done_at"] - found["started_at"]
+        return found, metrics
+
+    def _search_and_learn(self, r: int) -> dict:
+        """The round's records go from the replay actor to the learner ranks by object ref (not through the
+        driver); the learner trains the critics on them, then the policy on the best trajectories."""
+        c = self.cfg
+        found, metrics = self._searched(r)
+        batches, problems = found["batches"], found["problems"]
+        nodes_ref = self.replay.drain_new.remote()  # every record that arrived since the last round
+        stale = c.learner.value_max_staleness
+        value_ref = None if stale == 0 else self.replay.records.remote(stale, self.version)
+        max_staleness = c.loop.max_staleness if c.loop.mode == "async" else None
         examples = [e for b in batches for e in b.examples]
-        metrics = self.learner.call(Learner.train_critics, value_ref, nodes_ref, examples, self.cfg.labels)
+        metrics.update(self.learner.call(Learner.train_critics, value_ref, nodes_ref, examples, c.labels,
+                                         max_staleness))
+        trajs = [t for b in batches for t in b.trajectories
+                 if max_staleness is None or self.version - t.policy_version <= max_staleness]
+        metrics["async/dropped_trajectories"] = sum(len(b.trajectories) for b in batches) - len(trajs)
         metrics.update(self.learner.call(Learner.train_policy, [t.prompt for t in trajs], [t.solution for t in trajs]))
-        self._save_trees(r, [t for b in batches for t in b.trees][:self.cfg.loop.log_trees])
+        self._save_trees(r, [t for b in batches for t in b.trees][:c.loop.log_trees])
         records = [rec for b in batches for rec in b.records]
         metrics.update({
             "rollout/solved_frac": len(trajs) / len(problems),
             "rollout/search_acc": float(np.mean([rec.correct for rec in records])),
             "rollout/nodes": sum(b.sent_nodes for b in batches), "rollout/critic_examples": len(examples),
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
+            "rollout/policy_versions": len({b.policy_version for b in batches}),
             **ray.get(self.replay.metrics.remote()),
-            "time/search": t_search, "perf/problems_per_s": len(problems) / t_search})
+            "perf/problems_per_s": len(problems) / metrics["time/search"]})
         return metrics
 
     def _save_trees(self, r: int, trees: list[dict]) -> None:

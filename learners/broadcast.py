@@ -49,9 +49,10 @@ from rl.models.weights import Weights
 Spec = tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, numpy dtype.str) in send order
 
 TRANSPORTS = ("object_store", "collective")
-# 256 MB: per-call overhead is negligible at this size, and a whole 100M-parameter model still
-# spans several buckets, so packing the next bucket overlaps the broadcast of this one.
-BUCKET_MB = 256.0
+# 64 MB: packing bucket k+1 overlaps the broadcast of bucket k, so only the first bucket's copy is
+# exposed. On 2 cores, 100M fp32 parameters came within noise of one raw broadcast with 4-64 MB
+# buckets, and 1.3-1.6x slower with 256 MB (bench/scaling_publish.py).
+BUCKET_MB = 64.0
 GROUP_PREFIX = "arbor/weights/"  # this group's keys in its store
 ABORT = -1  # version broadcast when the sender's weights do not match the spec
 
@@ -287,7 +288,7 @@ class CollectiveReceiver:
         version = torch.zeros(1, dtype=torch.int64, device=self.device)
         broadcast_async(self.group, version).wait()  # alone first: after an abort no buckets follow
         if int(version) == ABORT:
-            raise RuntimeError("the sender's weights did not match the broadcast spec; nothing was sent")
+            raise RuntimeError("the sender aborted this publish (its weights did not match the broadcast spec)")
         bufs = [self._free_buffer(i) for i in range(len(self.buckets))]
         tensors = [torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in bufs]
         works = [broadcast_async(self.group, t) for t in tensors]

@@ -5,7 +5,8 @@ object refs, not through the driver). Each critic trains on the training problem
 reported on the held-out problems' labels (rl.labels.is_heldout: a stable split by problem id):
 loss, precision, recall, ECE and AUC under `critic/{name}_...`.
 
-    V    Monte Carlo targets of the sampled replay records (rl.experience.value_examples)
+    V    Monte Carlo targets of the sampled replay records (rl.experience.value_examples), plus the
+         verifier reward of each prompt's greedy solution (CriticExample kind "value")
     ORM  0/1 verifier reward of each complete solution the searches reached
     PRM  Math-Shepherd labels the rollout workers made (CriticExample kind "prm")
     Q    labels.q_source: fqi (fitted Q-iteration over the tree transitions, Learner.train_q_fqi),
@@ -38,15 +39,36 @@ def fit_and_report(learner: "Learner", name: str, texts: list[str], targets, pro
     return metrics
 
 
-def train_critics(learner: "Learner", value_nodes: list[NodeExperience], nodes: list[NodeExperience],
-                  examples: list[CriticExample], labels: LabelsConfig) -> dict:
-    """V on up to learner.value_samples of value_nodes (drawn with the learner's seeded rng, the same
-    draw on every rank), then every critic of learner.critics from this round's nodes and examples."""
+def drop_stale(records: list, version: int, max_staleness: int | None) -> tuple[list, int]:
+    """Records made by a policy at most max_staleness versions behind `version` (None: all), and how many
+    were dropped. Async mode: actors keep searching while the learner trains, so experience arrives
+    from older weights."""
+    if max_staleness is None:
+        return records, 0
+    kept = [r for r in records if version - r.policy_version <= max_staleness]
+    return kept, len(records) - len(kept)
+
+
+def train_critics(learner: "Learner", value_nodes: list[NodeExperience] | None, nodes: list[NodeExperience],
+                  examples: list[CriticExample], labels: LabelsConfig, max_staleness: int | None = None) -> dict:
+    """V on up to learner.value_samples of value_nodes (None: the round's nodes; drawn with the learner's seeded rng, the same
+    draw on every rank), then every critic of learner.critics from this round's nodes and examples;
+    records more than max_staleness versions old are dropped first (counted in async/dropped_*)."""
     cfg = learner.cfg
+    staleness = np.array([learner.version - n.policy_version for n in nodes], dtype=np.float64)
+    nodes, dropped_nodes = drop_stale(nodes, learner.version, max_staleness)
+    value_nodes = nodes if value_nodes is None else value_nodes
+    examples, dropped_examples = drop_stale(examples, learner.version, max_staleness)
+    stale_metrics = {"async/dropped_nodes": dropped_nodes, "async/dropped_examples": dropped_examples,
+                     "async/max_staleness": float(staleness.max(initial=0.0)),
+                     "async/mean_staleness": float(staleness.mean()) if staleness.size else 0.0}
     keep = learner.rng.permutation(len(value_nodes))[:cfg.value_samples]
     sampled = [value_nodes[i] for i in keep if not np.isnan(value_nodes[i].value_target)]
     states, targets = value_examples(sampled)
-    metrics = fit_and_report(learner, "value", states, targets, [n.problem_id for n in sampled])
+    greedy = [e for e in examples if e.kind == "value"]
+    metrics = fit_and_report(learner, "value", states + [e.text for e in greedy],
+                             np.concatenate([targets, [e.target for e in greedy]]),
+                             [n.problem_id for n in sampled] + [e.problem_id for e in greedy])
     metrics["learner/value_examples_drawn"] = len(states)
     for name in cfg.critics:
         if name == "orm":
@@ -64,4 +86,4 @@ def train_critics(learner: "Learner", value_nodes: list[NodeExperience], nodes: 
             texts, truth, _ = best_reward_below([n for n in nodes if is_heldout(n.problem_id, cfg.holdout_frac)])
             if texts:
                 metrics.update(critic_report("q", learner.critic_scores("q", texts), truth))
-    return metrics
+    return {**metrics, **stale_metrics}

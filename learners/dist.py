@@ -29,6 +29,8 @@ def init_group(rank: int, world_size: int, master_addr: str, master_port: int,
                       WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
         return
+    if master_addr == "127.0.0.1":  # gloo's own listening device follows the hostname unless told
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     kwargs = {}
     if rank == 0 and listen_socket is not None:
         kwargs["master_listen_fd"] = listen_socket.fileno()

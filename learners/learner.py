@@ -212,9 +212,10 @@ class Learner:
         metrics["time/q_train"] = time.perf_counter() - t0
         return metrics
 
-    def train_critics(self, value_nodes: list, nodes: list, examples: list, labels: LabelsConfig) -> dict:
+    def train_critics(self, value_nodes: list | None, nodes: list, examples: list, labels: LabelsConfig,
+                      max_staleness: int | None = None) -> dict:
         """One round of critic training from experience records (learners/critic_round.py)."""
-        return train_critics(self, value_nodes, nodes, examples, labels)
+        return train_critics(self, value_nodes, nodes, examples, labels, max_staleness)
 
     def _critic(self, name: str):
         if name not in self.critics:

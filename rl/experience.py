@@ -51,7 +51,7 @@ class Trajectory:
 class CriticExample:
     """A labelled text for one critic that a rollout worker made by generating more (not read off the tree).
 
-    kind "prm": Math-Shepherd label of a step prefix (the fraction, or any, of N completions that
+    kind "value": V's label of a greedy solution (its verifier reward); kind "prm": Math-Shepherd label of a step prefix (the fraction, or any, of N completions that
     were right); kind "q": Q(s, a) from a stronger policy's completion of (s, a).
     """
     id: str                 # "{problem_id}/v{policy_version}/{kind}/{node}"

@@ -54,12 +54,14 @@ class RolloutWorker:
     """Holds the policy and the critics (V always, plus q / prm / orm as configured) and runs searches.
 
     critic_device places the critics apart from the policy (another GPU of the actor); None = device.
+    critic_paths loads a critic from its own folder (a checkpoint's q/, prm/, ...); others start from
+    value_path and get their weights with the first push.
     """
 
     def __init__(self, task: Task, search_cfg: SearchConfig, policy_path: str, value_path: str, *,
                  device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf",
                  critics: tuple[str, ...] | list[str] = (), labels: LabelsConfig | None = None,
-                 critic_device: str | None = None):
+                 critic_device: str | None = None, critic_paths: dict[str, str] | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.task = task
@@ -69,7 +71,8 @@ class RolloutWorker:
         if backend not in backends:
             raise ValueError(f"model.backend = {backend!r}: use one of {', '.join(backends)}")
         self.policy = backends[backend].from_pretrained(policy_path, device=device)
-        self.critics = {name: ValueCritic.from_pretrained(value_path, tokenizer_path=policy_path,
+        paths = {"value": value_path, **(critic_paths or {})}
+        self.critics = {name: ValueCritic.from_pretrained(paths.get(name, value_path), tokenizer_path=policy_path,
                                                           device=critic_device or device)
                         for name in ("value", *critics)}
         self.stronger = None  # Q*'s "completion by a stronger policy" labeller, loaded when configured
@@ -121,6 +124,21 @@ class RolloutWorker:
             out.examples += self.prm_examples(searched)
         if use_reward and self.stronger is not None:
             out.examples += self.stronger_q_examples(searched)
+        if use_reward and self.labels.value_greedy:
+            out.examples += self.greedy_value_examples(problems)
+        return out
+
+    def greedy_value_examples(self, problems: list[Problem]) -> list[CriticExample]:
+        """V labels from the policy's greedy solution of each problem: (prompt + solution, verifier reward)."""
+        cap = self.search_cfg.step_max_tokens * self.search_cfg.max_depth
+        out = []
+        for i in range(0, len(problems), GREEDY_BATCH):
+            chunk = problems[i:i + GREEDY_BATCH]
+            for p, r in zip(chunk, greedy_batch(chunk, self.task, self.policy, max_new_tokens=cap)):
+                out.append(CriticExample(id=f"{p.id}/v{self.policy.version}/value/greedy", problem_id=p.id,
+                                         kind="value", text=self.task.prompt(p) + r.solution,
+                                         target=float(self.task.reward(p, r.solution)),
+                                         policy_version=self.policy.version))
         return out
 
     # ---- labels that need more generation ------------------------------------------

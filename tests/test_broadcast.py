@@ -12,7 +12,7 @@ from learners.broadcast import (CollectiveReceiver, CollectiveSender, ObjectStor
 from rl.models.weights import Weights
 
 NUM_CPUS = 0.2  # three small actors share the 2-core test machine
-BUCKET_MB = 1.0  # small, so the ~12 MB below spans many buckets and "w_up" (2 MB) exceeds one
+BUCKET_MB = 1.0  # small, so the ~9 MB below spans many buckets and "w_up" (2 MB) exceeds one
 
 
 def make_weights(seed: int, version: int = 0) -> Weights:
@@ -170,6 +170,7 @@ def hosts():
         ray.kill(a)
     if started:
         ray.shutdown()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def collective_round(ray, sender, receivers, version: int) -> list[tuple[int, Weights]]:

@@ -187,3 +187,18 @@ def test_block_waits_for_drain(ray_local2, sender_cls):
     assert m["replay/blocked_seconds"] >= 1.0  # it waited at least as long as ray.wait above
     for a in (replay, sender):
         ray.kill(a)
+
+
+
+@pytest.mark.ray
+def test_drain_new_returns_exactly_the_new_records(ray_local2, sender_cls):
+    ray = ray_local2
+    replay = _replay(ray, 100, 100, "block")
+    sender = sender_cls.remote(replay, "s")
+    ray.get(sender.send.remote(4, 2, version=1))
+    first = ray.get(replay.drain_new.remote())
+    ray.get(sender.send.remote(3, 3, version=2))
+    second = ray.get(replay.drain_new.remote())
+    assert ids(first) == [f"s/v1/{i}" for i in range(4)]
+    assert ids(second) == [f"s/v2/{i}" for i in range(3)]
+    assert ray.get(replay.size.remote()) == 7  # both drains landed in the buffer too

@@ -64,3 +64,31 @@ def test_worker_through_ray_shell(tiny_model_dir, ray_local):
     weights = {"policy": local.policy.weights(), "value": local.value.weights()}
     assert ray_local.get(actor.load_weights.remote(7, ray_local.put(weights))) == 7
     _check_batch(ray_local.get(actor.search.remote(problems)), problems, 7)
+
+
+def test_worker_makes_math_shepherd_and_stronger_policy_labels(tiny_model_dir):
+    from rl.config import LabelsConfig
+    task = ArithmeticTask(EASY)
+    labels = LabelsConfig(q_source="stronger", stronger_policy=str(tiny_model_dir), prm_completions=3, prm_paths=2)
+    worker = RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), seed=0,
+                           critics=("q", "prm"), labels=labels)
+    assert set(worker.weights()) == {"policy", "value", "q", "prm"}
+    problems = task.generate(2, 2, "train")
+    batch = worker.search(problems)
+    prm = [e for e in batch.examples if e.kind == "prm"]
+    q = [e for e in batch.examples if e.kind == "q"]
+    assert prm and len({e.id for e in prm}) == len(prm)
+    steps = {n.state: n for n in batch.nodes}
+    for e in prm:   # a step prefix of the searched tree, labelled by the fraction of 3 completions
+        assert e.text in steps and e.target in (0.0, 1 / 3, 2 / 3, 1.0)
+    # Q from the stronger policy: one label per searched node, a 0/1 reward of its completion
+    assert sorted(e.text for e in q) == sorted(steps) and {e.target for e in q} <= {0.0, 1.0}
+    for e in q:     # terminal nodes are labelled by their own reward
+        n = steps[e.text]
+        if not np.isnan(n.terminal_reward):
+            assert e.target == n.terminal_reward
+    with pytest.raises(ValueError, match="labels.stronger_policy"):
+        RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), critics=("q",),
+                      labels=LabelsConfig(q_source="stronger"))
+    with pytest.raises(ValueError, match="lack"):   # a push without the prm critic's weights is refused
+        worker.load_weights(3, {"policy": worker.policy.weights(), "value": worker.value.weights()})

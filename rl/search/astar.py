@@ -122,10 +122,17 @@ class AStar:
     temperature: float = 1.0
     step_max_tokens: int = 24
     max_depth: int = 8              # a non-terminal step at this depth ends the path with no answer
+    # h of a terminal state: "zero" as in Q* (nothing follows it), or "q": the Q(s, a) of the final step that
+    # led to it, the Q model's estimate that the finished solution is right. With critics in [0, 1] and
+    # h = 0 at terminals, f = g + lam*h ranks every open non-terminal state above the terminals, so A*
+    # pops a terminal only after exhausting the better-scored frontier; "q" puts both on the same scale.
+    terminal_h: Literal["zero", "q"] = "zero"
 
     def __post_init__(self):
         if self.g_agg not in AGGREGATIONS:
             raise ValueError(f"AStar.g_agg={self.g_agg!r}; known: {', '.join(AGGREGATIONS)}")
+        if self.terminal_h not in ("zero", "q"):
+            raise ValueError(f"AStar.terminal_h={self.terminal_h!r}; known: zero, q")
         if self.g_source not in G_SOURCES:
             raise ValueError(f"AStar.g_source={self.g_source!r}; known: {', '.join(G_SOURCES)}")
         for name in ("top_k", "max_expansions", "max_depth", "step_max_tokens"):
@@ -238,7 +245,9 @@ class AStar:
             for i in live:
                 st.h[i] = heuristic([qv for _, qv in st.candidates[i]])
 
-        for i in nodes:  # terminals keep h = 0, so f = g
+        for i in nodes:  # terminals keep h = 0 (f = g), or take their final step's Q with terminal_h="q"
+            if tree.terminal[i] and self.terminal_h == "q" and i > 0:
+                st.h[i] = st.q[i]
             f = f_score(st.g[i], st.h[i], lam=self.lam)
             tree.evaluation[i] = f
             heapq.heappush(st.heap, (-f, i))

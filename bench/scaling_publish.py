@@ -1,0 +1,213 @@
+"""Weight-publish latency from one sender actor to two receiver actors, against a raw broadcast.
+
+Not a test: it measures. Usage:
+
+    nice -n 10 python bench/scaling_publish.py                 # 10M and 100M parameters; a few minutes on 2 cores
+    python bench/scaling_publish.py --sizes 10m --repeats 1     # a quick look
+
+For each size a sender actor builds float32 weights shaped like a transformer's (an embedding, then per
+layer four [d, d] attention matrices, [d, 4d] and [4d, d] MLP matrices and two [d] norms) and two
+receiver actors join its broadcast group (learners/broadcast.py). One round of each transport is
+timed from the driver, from the first call to the last reply:
+  object_store       sender ray.put's {version, weights}; both receivers ray.get it (numpy arrays that
+                     are zero-copy, read-only views of the node's shared memory)
+  object_store_copy  the same, and the receivers copy each array into private memory (what the
+                     collective gives them; not in the ratios, for reference)
+  collective         CollectiveSender.publish -> CollectiveReceiver.receive: version, then per-dtype buckets, received
+                     into the buffers of the previous round (--hold: into new ones)
+  raw                one broadcast of ONE flat, preallocated float32 buffer of the same size over the same
+                     group: the floor the collective transport is measured against
+One warm-up round of each, then `--repeats` rounds with the transports interleaved; the medians are
+reported, and ratio = transport seconds / raw seconds. Writes JSON to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray process binds to 127.0.0.1
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from actors.runtime import runtime_env  # noqa: E402
+from learners.broadcast import (BUCKET_MB, CollectiveReceiver, CollectiveSender,  # noqa: E402
+                                ObjectStoreTransport, broadcast_async)
+from rl.models.weights import Weights  # noqa: E402
+
+# (d_model, layers, vocab): 12 d^2 + 2 d per layer, plus a [vocab, d] embedding
+SIZES = {"10m": (512, 3, 1024),       # 9.96M parameters, 40 MB
+         "100m": (1024, 7, 12288)}    # 100.7M parameters, 403 MB
+NUM_CPUS = 0.2  # three actors and the driver share 2 cores; the bytes move through the kernel anyway
+TRANSPORTS = ("object_store", "object_store_copy", "collective", "raw")
+
+
+def transformer_weights(d: int, layers: int, vocab: int, seed: int = 0) -> Weights:
+    rng = np.random.default_rng(seed)
+
+    def mat(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    w = {"embed": mat(vocab, d)}
+    for i in range(layers):
+        w |= {f"layers.{i}.attn.{p}": mat(d, d) for p in "qkvo"}
+        w |= {f"layers.{i}.mlp.up": mat(d, 4 * d), f"layers.{i}.mlp.down": mat(4 * d, d),
+              f"layers.{i}.norm1": np.ones(d, np.float32), f"layers.{i}.norm2": np.ones(d, np.float32)}
+    return w
+
+
+class BenchSender:
+    def __init__(self, size: str, num_receivers: int, bucket_mb: float):
+        self.weights = transformer_weights(*SIZES[size])
+        self.sender = CollectiveSender(self.weights, num_receivers, bucket_mb=bucket_mb)
+        self.store = ObjectStoreTransport()
+        self.flat = torch.from_numpy(np.ones(sum(v.size for v in self.weights.values()), np.float32))
+
+    def address(self):
+        return self.sender.address()
+
+    def join(self) -> None:
+        self.sender.join()
+
+    def info(self) -> dict:
+        return {"params": int(self.flat.numel()), "bytes": int(self.flat.numel() * 4),
+                "tensors": len(self.weights), "buckets": len(self.sender.buckets)}
+
+    def publish_collective(self, version: int) -> None:
+        self.sender.publish(version, self.weights)
+
+    def publish_object_store(self, version: int) -> ray.ObjectRef:
+        return self.store.publish(version, self.weights)
+
+    def raw(self) -> None:
+        broadcast_async(self.sender.group, self.flat).wait()
+
+
+class BenchReceiver:
+    def __init__(self, hold: bool):
+        self.collective = CollectiveReceiver()
+        self.store = ObjectStoreTransport()
+        self.flat: torch.Tensor | None = None
+        self.hold, self.held = hold, None
+
+    def join(self, addr, rank: int) -> None:
+        self.collective.join(addr, rank)
+        numel = sum(int(np.prod(shape)) for _, shape, _ in addr.spec)
+        self.flat = torch.from_numpy(np.empty(numel, np.float32))  # preallocated, as a raw broadcast would be
+
+    def receive_collective(self) -> int:
+        version, weights = self.collective.receive()
+        if self.hold:  # the next receive() cannot reuse these buffers
+            self.held = weights
+        return sum(v.nbytes for v in weights.values())
+
+    def receive_object_store(self, payload, copy: bool) -> int:
+        version, weights = self.store.receive(payload)
+        if copy:
+            weights = {k: np.array(v) for k, v in weights.items()}
+        return sum(v.nbytes for v in weights.values())
+
+    def raw(self) -> int:
+        broadcast_async(self.collective.group, self.flat).wait()
+        return self.flat.numel() * 4
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(size: str, repeats: int, bucket_mb: float, hold: bool) -> dict:
+    opts = dict(num_cpus=NUM_CPUS, runtime_env=runtime_env(NUM_CPUS))
+    sender = ray.remote(BenchSender).options(**opts).remote(size, 2, bucket_mb)
+    receivers = [ray.remote(BenchReceiver).options(**opts).remote(hold) for _ in range(2)]
+    addr = ray.get(sender.address.remote())
+    ray.get([r.join.remote(addr, i + 1) for i, r in enumerate(receivers)] + [sender.join.remote()])
+    info = ray.get(sender.info.remote())
+    version = 0
+
+    def object_store(copy: bool) -> None:
+        nonlocal version
+        version += 1
+        ref = ray.get(sender.publish_object_store.remote(version))
+        got = ray.get([r.receive_object_store.remote(ref, copy) for r in receivers])
+        assert got == [info["bytes"]] * 2
+        del ref  # frees the store for the next round
+
+    def collective() -> None:
+        nonlocal version
+        version += 1
+        got = [r.receive_collective.remote() for r in receivers]  # receivers first: they block in receive()
+        assert ray.get(got + [sender.publish_collective.remote(version)])[:2] == [info["bytes"]] * 2
+
+    def raw() -> None:
+        got = [r.raw.remote() for r in receivers]
+        assert ray.get(got + [sender.raw.remote()])[:2] == [info["bytes"]] * 2
+
+    rounds = {"object_store": lambda: object_store(False), "object_store_copy": lambda: object_store(True),
+              "collective": collective, "raw": raw}
+    seconds: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
+    for rep in range(1 + repeats):  # rep 0 warms up every path (connections, page faults, workers)
+        for name in TRANSPORTS:
+            t = timed(rounds[name])
+            if rep:
+                seconds[name].append(t)
+    for a in [sender, *receivers]:
+        ray.kill(a)
+    res = {**info, "seconds": {k: float(np.median(v)) for k, v in seconds.items()}, "rounds": seconds}
+    res["ratio"] = {k: res["seconds"][k] / res["seconds"]["raw"] for k in TRANSPORTS if k != "raw"}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10m,100m", help=f"comma-separated, from {', '.join(SIZES)}")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per transport after one warm-up")
+    ap.add_argument("--bucket-mb", type=float, default=BUCKET_MB)
+    ap.add_argument("--hold", action="store_true",
+                    help="collective receivers keep the last weights alive, so each receive needs new buffers")
+    ap.add_argument("--out", default="docs/results/scaling_publish.json")
+    args = ap.parse_args()
+    sizes = args.sizes.split(",")
+    if unknown := [s for s in sizes if s not in SIZES]:
+        ap.error(f"unknown sizes {unknown}: use {', '.join(SIZES)}")
+
+    load_at_start = os.getloadavg()  # other jobs on a shared machine make single rounds noisy
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results = {s: measure(s, args.repeats, args.bucket_mb, args.hold) for s in sizes}
+    ray.shutdown()
+
+    out: dict = {"machine": {"cores": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
+                             "python": platform.python_version(), "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
+                 "setup": {"receivers": 2, "bucket_mb": args.bucket_mb, "repeats": args.repeats,
+                           "hold": args.hold, "statistic": "median after one warm-up"},
+                 "sizes": results}
+    for s, r in results.items():
+        out[f"raw_broadcast_seconds_{s}"] = r["seconds"]["raw"]
+        for k in ("object_store", "collective"):
+            out[f"publish_seconds_{k}_{s}"] = r["seconds"][k]
+            out[f"publish_ratio_{k}_{s}"] = r["ratio"][k]
+
+    print(f"\n{'size':>5} {'params':>12} {'MB':>7} {'buckets':>7} | "
+          + " ".join(f"{k:>17}" for k in TRANSPORTS) + " | seconds (ratio to raw)")
+    for s, r in results.items():
+        cells = [f"{r['seconds'][k]:8.3f} ({r['seconds'][k] / r['seconds']['raw']:4.2f}x)" for k in TRANSPORTS]
+        print(f"{s:>5} {r['params']:>12,} {r['bytes'] / 2**20:7.1f} {r['buckets']:>7} | "
+              + " ".join(f"{c:>17}" for c in cells))
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
