@@ -7,6 +7,7 @@ import ray
 from actors.placement import RolloutPlacement
 from actors.runtime import runtime_env, threads_for
 from rl.config import Config
+from rl.models.weights import split_models
 from rl.rollout import EvalRecord, RolloutBatch, RolloutWorker
 from rl.tasks import TASKS
 from rl.tasks.base import Problem
@@ -26,7 +27,27 @@ class RolloutShell(RolloutWorker):
         sent = [n for n in batch.nodes if not np.isnan(n.value_target)]
         ray.get(replay.put.remote(sent))
         batch.sent_nodes, batch.nodes = len(sent), []
+        self.sent_total = getattr(self, "sent_total", 0) + len(sent)
         return batch
+
+    def sent(self) -> int:
+        """Node records this actor has sent to the replay actor so far."""
+        return getattr(self, "sent_total", 0)
+
+
+    # ---- the collective weight transport (learner rank 0 sends, every actor receives) ------
+    def join_broadcast(self, addr, rank: int) -> int:
+        from learners.broadcast import CollectiveReceiver
+        self.receiver = CollectiveReceiver()
+        return self.receiver.join(addr, rank)
+
+    def receive_broadcast(self) -> int:
+        """Take the next broadcast publish and swap it in; returns the version now in use."""
+        version, flat = self.receiver.receive()
+        return self.load_weights(version, split_models(flat))
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
 
 RolloutActor = ray.remote(RolloutShell)
@@ -86,6 +107,14 @@ class RolloutPool:
     def evaluate(self, problems: list[Problem], method: str, progress=None) -> list[EvalRecord]:
         parts = self._map(problems, lambda a, c: a.evaluate.remote(c, method), progress)
         return [rec for part in parts for rec in part]
+
+    def join_broadcast(self, addr) -> list:
+        """Every actor joins the learner's broadcast group (ranks 1..N); refs to wait on with the sender's join."""
+        return [a.join_broadcast.remote(addr, i + 1) for i, a in enumerate(self.actors)]
+
+    def receive_broadcast(self) -> list:
+        """Every actor takes the next broadcast publish; refs of the versions they then hold."""
+        return [a.receive_broadcast.remote() for a in self.actors]
 
     def load_weights(self, version: int, weights_ref) -> list[int]:
         """Every actor swaps to the published weights; returns the versions they confirm."""

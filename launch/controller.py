@@ -142,10 +142,7 @@ class Controller:
         else:
             metrics.update(self._search_and_learn(r))
         t_push = time.perf_counter()
-        version, weights = self.learner.call(Learner.publish)
-        confirmed = self.pool.load_weights(version, ray.put(weights))
-        if any(v != version for v in confirmed):
-            raise RuntimeError(f"rollout actors confirmed versions {confirmed}, expected {version}")
+        version = self.learner.publish(self.pool)
         self.version = version
         metrics["time/push"] = time.perf_counter() - t_push
         metrics.update(self._evaluate(r))

@@ -21,8 +21,10 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.runtime import runtime_env, threads_for
+from learners.broadcast import CollectiveSender, GroupAddress
 from learners.dist import bind_free_port
 from learners.learner import Learner
+from rl.models.weights import join_models
 from rl.config import Config
 
 READY_TIMEOUT_S = 120
@@ -53,6 +55,23 @@ class LearnerRank:
         """method is a Learner method (e.g. Learner.train_policy), called on this rank's learner."""
         return method(self.learner, *args, **kwargs)
 
+    # ---- the collective weight transport (rank 0 is the sender) ------------------------
+    def open_broadcast(self, num_receivers: int, bucket_mb: float) -> GroupAddress:
+        """Rank 0: a broadcast group for the current weights' layout; returns its address for the receivers."""
+        self.sender = CollectiveSender(join_models(self.learner.weights()), num_receivers, bucket_mb=bucket_mb,
+                                       host=ray.util.get_node_ip_address())
+        return self.sender.address()
+
+    def join_broadcast(self) -> None:
+        self.sender.join()
+
+    def publish_broadcast(self) -> int:
+        """Publish (every rank bumps its version; rank 0 also broadcasts the weights); returns the version."""
+        version, weights = self.learner.publish()
+        if self.rank == 0:
+            self.sender.publish(version, join_models(weights))
+        return version
+
 
 class LearnerGroup:
     def __init__(self, cfg: Config, policy_path: str, value_path: str):
@@ -72,6 +91,7 @@ class LearnerGroup:
             num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, runtime_env=env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r))
             .remote(r) for r in range(lc.num_ranks)]
+        self.transport, self.bucket_mb, self.broadcast_open = lc.weight_transport, lc.bucket_mb, False
         master = ray.get(self.ranks[0].address.remote())
         ray.get([a.start.remote(cfg, policy_path, value_path, lc.num_ranks, master) for a in self.ranks])
 
@@ -82,6 +102,24 @@ class LearnerGroup:
     def call(self, method: Callable, *args, **kwargs) -> Any:
         """Run method on every rank and return rank 0's result."""
         return ray.get(self.submit(method, *args, **kwargs))[0]
+
+    def publish(self, pool) -> int:
+        """A new version to every rollout actor of pool, by learner.weight_transport; returns the version
+        the actors confirm (they swap between searches: a call queues behind the search in flight)."""
+        if self.transport == "collective":
+            if not self.broadcast_open:
+                addr = ray.get(self.ranks[0].open_broadcast.remote(len(pool.actors), self.bucket_mb))
+                ray.get(pool.join_broadcast(addr) + [self.ranks[0].join_broadcast.remote()])
+                self.broadcast_open = True
+            received = pool.receive_broadcast()  # receivers first: both sides block until all are there
+            versions = ray.get([a.publish_broadcast.remote() for a in self.ranks])
+            confirmed, version = ray.get(received), versions[0]
+        else:
+            version, weights = self.call(Learner.publish)
+            confirmed = pool.load_weights(version, ray.put(weights))
+        if any(v != version for v in confirmed):
+            raise RuntimeError(f"rollout actors confirmed versions {confirmed}, expected {version}")
+        return version
 
     def shutdown(self) -> None:
         for a in self.ranks:

@@ -138,6 +138,10 @@ class LearnerConfig:
     grad_accum: int = 1            # micro-batches accumulated per optimizer step
     num_ranks: int = 1             # data-parallel DeepSpeed ranks (Ray actors forming one torch.distributed group)
     offload_optimizer: bool = False  # ZeRO optimizer states in CPU memory (GPU runs with big models)
+    # how published weights reach the rollout actors: one put into Ray's object store that every actor
+    # pulls, or a broadcast group from learner rank 0 (gloo on CPU, nccl on GPU) in buckets of bucket_mb
+    weight_transport: Literal["object_store", "collective"] = "object_store"
+    bucket_mb: float = 64.0
     policy_epochs: int = 3
     value_epochs: int = 3
     replay_capacity: int = 50000   # node records kept across rounds (oldest evicted); part of the checkpoint

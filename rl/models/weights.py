@@ -24,3 +24,17 @@ def load_numpy(model: torch.nn.Module, weights: Weights) -> None:
         if src.shape != v.shape:
             raise ValueError(f"weight {k}: shape {tuple(src.shape)} != {tuple(v.shape)}")
         v.copy_(src.to(device=v.device, dtype=v.dtype))
+
+
+def join_models(by_model: dict[str, Weights]) -> Weights:
+    """{"policy": w, "value": w2} -> one flat Weights keyed "policy/<name>" (what a broadcast group carries)."""
+    return {f"{model}/{k}": v for model, w in by_model.items() for k, v in w.items()}
+
+
+def split_models(flat: Weights) -> dict[str, Weights]:
+    """Inverse of join_models."""
+    out: dict[str, Weights] = {}
+    for key, v in flat.items():
+        model, name = key.split("/", 1)
+        out.setdefault(model, {})[name] = v
+    return out
