@@ -159,6 +159,7 @@ class Controller:
         self._checkpoint(r)
         write_summary(self.run_dir, self.summary)
         self.tracker.log(metrics, step=r)
+        self.last_metrics = metrics  # every metric of the last round, as logged (for tests and benches)
         return row
 
     def _bootstrap(self) -> dict:
