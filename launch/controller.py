@@ -234,6 +234,8 @@ class Controller:
             "rollout/nodes": sum(b.sent_nodes for b in batches), "rollout/critic_examples": len(examples),
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
             "rollout/policy_versions": len({b.policy_version for b in batches}),
+            "rollout/stale_nodes": sum(b.sent_nodes for b in batches if max_staleness is not None
+                                       and self.version - b.policy_version > max_staleness),
             **ray.get(self.replay.metrics.remote()),
             "perf/problems_per_s": len(problems) / metrics["time/search"]})
         return metrics
