@@ -40,6 +40,9 @@ class TaskConfig:
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     train_data: str | None = None  # JSONL of problems; None = generate from the task
     eval_data: str | None = None   # JSONL of held-out problems; None = generate
+    # where a reasoning step ends (rl.tasks.termination.TERMINATIONS): a line, a paragraph holding a formula,
+    # or a code statement (a block statement with its block)
+    termination: Literal["newline", "formula_paragraph", "code"] = "newline"
 
 
 @dataclass
@@ -127,6 +130,9 @@ class RolloutConfig:
     # otherwise they get critic_gpus whole GPUs of their own (actors/placement.py)
     critic_gpus: float = 0.0
     colocate_critics: bool = True
+    # searches run concurrently inside an actor (model.backend: engine only): the engine batches their
+    # generation requests into shared forward passes
+    search_threads: int = 1
 
 
 @dataclass

@@ -5,6 +5,7 @@ A plain class: actors/rollout.py wraps it in Ray from the outside, and tests use
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,7 +62,8 @@ class RolloutWorker:
     def __init__(self, task: Task, search_cfg: SearchConfig, policy_path: str, value_path: str, *,
                  device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf",
                  critics: tuple[str, ...] | list[str] = (), labels: LabelsConfig | None = None,
-                 critic_device: str | None = None, critic_paths: dict[str, str] | None = None):
+                 critic_device: str | None = None, critic_paths: dict[str, str] | None = None,
+                 threads: int = 1):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.task = task
@@ -70,6 +72,10 @@ class RolloutWorker:
         backends = {"hf": Policy, "engine": Engine}
         if backend not in backends:
             raise ValueError(f"model.backend = {backend!r}: use one of {', '.join(backends)}")
+        if threads > 1 and backend != "engine":
+            raise ValueError(f"rollout.search_threads = {threads} needs model.backend = engine (the "
+                             "transformers backend neither batches across threads nor is safe to share)")
+        self.threads = threads
         self.policy = backends[backend].from_pretrained(policy_path, device=device)
         paths = {"value": value_path, **(critic_paths or {})}
         self.critics = {name: ValueCritic.from_pretrained(paths.get(name, value_path), tokenizer_path=policy_path,
@@ -104,8 +110,7 @@ class RolloutWorker:
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
         out = RolloutBatch(policy_version=self.policy.version, critic_version=self.value.version)
         searched = []
-        for p in problems:
-            res = method(p, self.task, models, budget, self.rng)
+        for p, res in zip(problems, self._run_searches(method, problems, models, budget)):
             if use_reward:  # label the tree's terminals for training, whatever the search scored them with
                 for i in range(res.tree.size):
                     if res.tree.terminal[i] and np.isnan(res.tree.reward[i]):
@@ -211,11 +216,18 @@ class RolloutWorker:
         search = build_search(method, self.search_cfg)
         models = self.models()
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
-        recs = []
-        for p in problems:
-            r = search(p, self.task, models, budget, self.rng)
-            recs.append(self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds))
-        return recs
+        return [self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds)
+                for p, r in zip(problems, self._run_searches(search, problems, models, budget))]
+
+    def _run_searches(self, search, problems: list[Problem], models: Models, budget: Budget) -> list:
+        """One search per problem: one after another, or `threads` at a time with the engine backend,
+        whose decode loop batches the concurrent searches' requests (continuous batching). Threaded
+        searches each get their own generator, drawn from the worker's in problem order."""
+        if self.threads <= 1:
+            return [search(p, self.task, models, budget, self.rng) for p in problems]
+        rngs = [np.random.default_rng(int(self.rng.integers(2**63))) for _ in problems]
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            return list(pool.map(lambda pr: search(pr[0], self.task, models, budget, pr[1]), zip(problems, rngs)))
 
     def _record(self, p: Problem, answer: str | None, tokens: int, seconds: float) -> EvalRecord:
         return EvalRecord(id=p.id, prediction=answer, gold=p.answer,

@@ -92,3 +92,15 @@ def test_worker_makes_math_shepherd_and_stronger_policy_labels(tiny_model_dir):
                       labels=LabelsConfig(q_source="stronger"))
     with pytest.raises(ValueError, match="lack"):   # a push without the prm critic's weights is refused
         worker.load_weights(3, {"policy": worker.policy.weights(), "value": worker.value.weights()})
+
+
+def test_threaded_searches_share_the_engine(tiny_model_dir):
+    task = ArithmeticTask(EASY)
+    worker = RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), seed=0, backend="engine",
+                           threads=3)
+    problems = task.generate(4, 6, "train")
+    _check_batch(worker.search(problems), problems, 0)
+    recs = worker.evaluate(problems, "mcts")
+    assert [r.id for r in recs] == [p.id for p in problems] and all(r.tokens > 0 for r in recs)
+    with pytest.raises(ValueError, match="rollout.search_threads"):
+        RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), threads=2)

@@ -6,6 +6,7 @@ sigmoid(logit) at its last token, read as the probability that it leads to a rig
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ class ValueCritic:
         self.version = version
         self.batch_size = batch_size
         self.calls = 0  # states scored so far
+        self._lock = threading.Lock()  # threaded searches share this critic; HF fast tokenizers are not thread-safe
 
     @classmethod
     def from_pretrained(cls, path: str | Path, tokenizer_path: str | Path | None = None,
@@ -56,6 +58,10 @@ class ValueCritic:
     @torch.no_grad()
     def score(self, states: list[str]) -> np.ndarray:
         """[len(states)] values in (0, 1)."""
+        with self._lock:
+            return self._score(states)
+
+    def _score(self, states: list[str]) -> np.ndarray:
         out = []
         for i in range(0, len(states), self.batch_size):
             enc = self.tokenizer(states[i:i + self.batch_size], return_tensors="pt", padding=True,
