@@ -9,7 +9,7 @@ from actors.runtime import runtime_env, threads_for
 from rl.config import Config
 from rl.models.weights import split_models
 from rl.rollout import EvalRecord, RolloutBatch, RolloutWorker
-from rl.tasks import TASKS
+from rl.tasks import build_task
 from rl.tasks.base import Problem
 
 
@@ -58,7 +58,7 @@ class RolloutPool:
     queue, so a fast actor takes more."""
 
     def __init__(self, cfg: Config, policy_path: str, value_path: str):
-        task = TASKS[cfg.task.name](cfg.task.arithmetic)
+        task = build_task(cfg.task)
         r = cfg.rollout
         self.chunk_size = r.chunk_size
         self.placement = RolloutPlacement(r.num_actors, num_cpus=r.num_cpus, policy_gpus=r.num_gpus,

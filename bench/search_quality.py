@@ -28,7 +28,7 @@ from launch.checkpoint import load_loop_state, resolve_checkpoint  # noqa: E402
 from rl.config import from_dict  # noqa: E402
 from rl.rollout import RolloutWorker  # noqa: E402
 from rl.search import SEARCHES  # noqa: E402
-from rl.tasks import TASKS  # noqa: E402
+from rl.tasks import build_task  # noqa: E402
 
 EVAL_SEED = 31337  # a held-out seed the training run never used
 # generous sizes so that the token budget, not the method's own limit, is what binds
@@ -38,11 +38,14 @@ ABLATION = [
     ("plain MCTS (UCT, fixed width 3)", ["search.selection=uct", "search.adaptive=false"]),
     ("+ PUCT prior", ["search.selection=puct", "search.adaptive=false"]),
     ("+ adaptive branching", ["search.selection=puct", "search.adaptive=true"]),
-    ("+ fast rollout (2, scored by V)", ["search.selection=puct", "search.adaptive=true", "search.rollouts=2",
-                                         "search.beta_value=0.5", "search.beta_orm=0.5"]),
+    ("+ PRM (leaf score 0.5 V + 0.5 PRM)", ["search.selection=puct", "search.adaptive=true",
+                                             "search.beta_value=0.5", "search.beta_prm=0.5"]),
+    ("+ fast rollout (2, scored by the ORM or V)", ["search.selection=puct", "search.adaptive=true",
+                                                    "search.rollouts=2", "search.beta_value=0.25",
+                                                    "search.beta_prm=0.25", "search.beta_orm=0.5"]),
     ("+ state merge (edit distance 0.15)", ["search.selection=puct", "search.adaptive=true", "search.rollouts=2",
-                                            "search.beta_value=0.5", "search.beta_orm=0.5",
-                                            "search.merge_threshold=0.15"]),
+                                            "search.beta_value=0.25", "search.beta_prm=0.25",
+                                            "search.beta_orm=0.5", "search.merge_threshold=0.15"]),
 ]
 
 
@@ -67,9 +70,11 @@ def main() -> None:
     ck = resolve_checkpoint(args.checkpoint)
     base = load_loop_state(ck)["config"]
     cfg0 = from_dict(base, [], where=str(ck))
-    task = TASKS[cfg0.task.name](cfg0.task.arithmetic)
+    task = build_task(cfg0.task)
     problems = task.generate(args.n, EVAL_SEED, "eval")
-    worker = RolloutWorker(task, cfg0.search, str(ck / "policy"), str(ck / "value"), seed=0)
+    critics = [n for n in ("q", "prm", "orm") if (ck / n).is_dir()]  # the critics this checkpoint trained
+    worker = RolloutWorker(task, cfg0.search, str(ck / "policy"), str(ck / "value"), seed=0, critics=critics,
+                           critic_paths={n: str(ck / n) for n in critics})
 
     records = []
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -96,8 +101,9 @@ def main() -> None:
     lines = ["# Search quality at equal token budgets", "",
              f"Checkpoint `{ck}`; {args.n} held-out problems (eval split, seed {EVAL_SEED}); {machine}.",
              "Budget = generated tokens per problem: no generation starts once it is spent (a call that starts "
-             "under it runs to its end, so mean tokens can exceed it slightly). PRM, ORM and Q are not trained "
-             "yet: wvote, bon, beam and A* use the value critic in their place. Produced by "
+             "under it runs to its end, so mean tokens can exceed it slightly). Trained critics in this checkpoint: "
+             f"V{''.join(', ' + n.upper() for n in critics)}; a method whose critic is missing uses V in its "
+             "place (wvote and bon read the ORM, beam and A*'s g the PRM, A*'s h the Q model). Produced by "
              "`python bench/search_quality.py`.", "",
              "| method | budget | accuracy | mean tokens | s / problem |", "|---|---|---|---|---|"]
     for r in records:
@@ -107,9 +113,7 @@ def main() -> None:
               "| variant | accuracy | mean tokens | s / problem |", "|---|---|---|---|"]
     for r in ablation:
         lines.append(f"| {r['variant']} | {r['accuracy']:.3f} | {r['mean_tokens']:.0f} | {r['seconds_per_problem']:.3f} |")
-    lines += ["", "No PRM row: the PRM is trained by the learning issue; until then a '+ PRM' row would only "
-              "repeat the value critic under another name.", "",
-              "Reading the tables: a method that stops by itself (greedy; A* at its first terminal; MCTS once every "
+    lines += ["", "Reading the tables: a method that stops by itself (greedy; A* at its first terminal; MCTS once every "
               "path ends in an answer, after which simulations revisit terminals without generating) spends the same "
               "tokens at every budget, so only sc, wvote and bon scale with it. Seconds per problem are wall time "
               "on a shared 2-core machine and move with whatever else runs."]

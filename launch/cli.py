@@ -59,14 +59,14 @@ def cmd_eval(args) -> int:
     from rl.config import from_dict
     from rl.rollout import RolloutWorker
     from rl.search import SEARCHES
-    from rl.tasks import TASKS, load_problems
+    from rl.tasks import build_task, load_problems
 
     if args.method not in SEARCHES:
         raise ValueError(f"--method {args.method!r}: known methods are {', '.join(SEARCHES)}")
     ck = resolve_checkpoint(args.checkpoint)
     cfg = from_dict(load_loop_state(ck)["config"], args.overrides, where=f"{ck}/loop_state.json")
     problems = load_problems(args.data)
-    task = TASKS[cfg.task.name](cfg.task.arithmetic)
+    task = build_task(cfg.task)
     critics = [n for n in cfg.learner.critics if (ck / n).is_dir()]  # the trained critics the checkpoint holds
     worker = RolloutWorker(task, cfg.search, str(ck / "policy"), str(ck / "value"), device=cfg.model.device,
                            seed=cfg.seed, backend=cfg.model.backend, critics=critics,

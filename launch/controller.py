@@ -24,7 +24,7 @@ from rl.config import Config, to_dict
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
-from rl.tasks import TASKS, load_problems
+from rl.tasks import build_task, load_problems
 from rl.tasks.base import Problem
 
 BOOTSTRAP_SEED_OFFSET = 10**6   # keeps bootstrap problems apart from the per-round prompt seeds
@@ -37,7 +37,7 @@ class Controller:
         self.cfg = cfg
         self.console = console
         self.run_dir = Path(cfg.run_dir)
-        self.task = TASKS[cfg.task.name](cfg.task.arithmetic)
+        self.task = build_task(cfg.task)
         self.eval_problems = self._eval_problems()
         self.resume_from = self._resume_point(resume)
         self.round = 0            # last completed round

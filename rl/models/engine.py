@@ -5,8 +5,9 @@ The backend interface
 Search code (rl/search) sees a policy only through these methods, so any backend with them can
 replace another: the plain `Policy` (one `model.generate` per call), this `Engine`, or a vLLM backend.
 
-    sample_steps(prefixes, n, *, temperature, max_new_tokens, seed) -> list[list[StepSample]]
-        generate: n next steps per prefix; a step ends at a newline or EOS.
+    sample_steps(prefixes, n, *, temperature, max_new_tokens, seed, termination=None) -> list[list[StepSample]]
+        generate: n next steps per prefix; a step ends at a newline or EOS, or, given a termination
+        (rl/tasks/termination.py), where `termination.ends` says at one of its stop strings.
     complete(prefixes, *, max_new_tokens, temperature, seed) -> list[StepSample]
         generate: one completion to EOS per prefix (greedy at temperature 0).
     score(prefixes, continuations) -> np.ndarray
@@ -35,6 +36,10 @@ How this engine works
   it needs). Prompts are cached after their prefill and finished sequences (prompt + step) when they
   retire, so the children and rollouts of a search node start from the node's KV. Requests that share
   a prompt in one admission encode it once and copy the KV to their siblings.
+* Terminations. With a termination a step is generated in rounds: a round stops at a stop token, and a
+  step whose text `termination.ends` rejects goes on as a new request whose prompt is the old prompt plus
+  every token so far (its KV is in the prefix cache, so only the last token is encoded) and whose
+  uniforms are the rest of the step's draws: a step comes out as one uninterrupted decode would give it.
 * Sampling. Each sequence draws its uniforms up front from its own torch.Generator, seeded from
   (call seed, prefix index, sample index); tokens are sampled by inverse CDF. The samples therefore do
   not depend on what else is in the batch: same seed, same samples.
@@ -55,7 +60,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import torch
@@ -67,7 +72,11 @@ from rl.models.device import pick_device
 from rl.models.policy import StepSample
 from rl.models.weights import Weights, load_numpy, to_numpy
 
+if TYPE_CHECKING:
+    from rl.tasks.termination import Termination
+
 FAST_PATH_MODELS = ("llama", "mistral", "qwen2", "qwen3")  # decoder layers with q/k/v/o projections and RoPE
+MAX_STOP_IDS = 4  # stop token ids per sequence (a termination's stop strings plus EOS); one column each per slot
 
 
 class GenerationBackend(Protocol):
@@ -75,7 +84,7 @@ class GenerationBackend(Protocol):
     version: int
 
     def sample_steps(self, prefixes: list[str], n: int, *, temperature: float = 1.0, max_new_tokens: int = 24,
-                     seed: int | None = None) -> list[list[StepSample]]: ...
+                     seed: int | None = None, termination: Termination | None = None) -> list[list[StepSample]]: ...
 
     def complete(self, prefixes: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  seed: int | None = None) -> list[StepSample]: ...
@@ -293,6 +302,17 @@ class _Seq:
     call: "_Call | None" = None
 
 
+@dataclass(eq=False)
+class _Step:
+    """One step generated over rounds (with a termination): its current request and what the rounds gave."""
+    seq: _Seq                               # the current round's request
+    prompt: list[int]                       # the step's prefix
+    uniforms: torch.Tensor | None           # [max_new] draws for the whole step; a round takes the rest
+    tokens: list[int] = field(default_factory=list)       # every token of the step so far
+    starts: list[int] = field(default_factory=list)       # index in tokens where each round starts
+    logprobs: list[float] = field(default_factory=list)   # each round's summed log-prob
+
+
 class _Call:
     """The sequences of one public call: its caller sleeps on `event` until `remaining` reaches 0."""
 
@@ -383,7 +403,7 @@ class Engine:
         self._top_p = torch.ones(S, **z)
         self._top_k = torch.zeros(S, dtype=torch.long, **z)
         self._logprob = torch.zeros(S, dtype=torch.float64, **z)
-        self._stop = torch.full((S, 2), -1, dtype=torch.long, **z)   # up to two stop ids per slot, -1 = none
+        self._stop = torch.full((S, MAX_STOP_IDS), -1, dtype=torch.long, **z)   # stop ids per slot, -1 = none
         self._unif = torch.zeros(S, 0, **z)                      # [S, U] per-step uniforms
         self._out = torch.zeros(S, 0, dtype=torch.long, **z)     # [S, U] generated tokens
         self._slot_ids = torch.arange(S, **z)
@@ -409,11 +429,18 @@ class Engine:
 
     # ---- public API ----------------------------------------------------------------------------
     def sample_steps(self, prefixes: list[str], n: int, *, temperature: float = 1.0, max_new_tokens: int = 24,
-                     seed: int | None = None, top_p: float | None = None,
-                     top_k: int | None = None) -> list[list[StepSample]]:
-        """n next steps for each prefix, in order; a step ends at a newline or EOS."""
-        return self._generate(prefixes, n, (self.newline_id, self.eos_id), temperature, max_new_tokens, seed,
-                              top_p, top_k)
+                     seed: int | None = None, top_p: float | None = None, top_k: int | None = None,
+                     termination: Termination | None = None) -> list[list[StepSample]]:
+        """n next steps for each prefix, in order.
+
+        Without a termination a step ends at a newline or EOS. With one, a step stops at the last token of a
+        stop string or EOS; while `termination.ends` rejects the text so far, the same step goes on (see the
+        module docstring), up to max_new_tokens in all.
+        """
+        if termination is None:
+            return self._generate(prefixes, n, (self.newline_id, self.eos_id), temperature, max_new_tokens, seed,
+                                  top_p, top_k)
+        return self._generate_terminated(prefixes, n, termination, temperature, max_new_tokens, seed, top_p, top_k)
 
     def complete(self, prefixes: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  seed: int | None = None, top_p: float | None = None, top_k: int | None = None) -> list[StepSample]:
@@ -472,7 +499,8 @@ class Engine:
         with self._tok_lock:
             return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
-    def _generate(self, prefixes, n, stop, temperature, max_new_tokens, seed, top_p, top_k) -> list[list[StepSample]]:
+    def _requests(self, prefixes, n, stop, temperature, max_new_tokens, seed, top_p, top_k) -> list[list[_Seq]]:
+        """n requests per prefix, each with its own uniforms drawn from (seed, prefix index, sample index)."""
         top_p = self.top_p if top_p is None else top_p
         top_k = self.top_k if top_k is None else top_k
         if seed is None:  # from torch's global generator, so torch.manual_seed makes unseeded calls repeatable
@@ -493,12 +521,90 @@ class Engine:
                 row.append(_Seq(prompt=ids, max_new=max_new_tokens, stop=stop, temperature=float(temperature),
                                 top_p=float(top_p), top_k=int(top_k), uniforms=u))
             grid.append(row)
+        return grid
+
+    def _generate(self, prefixes, n, stop, temperature, max_new_tokens, seed, top_p, top_k) -> list[list[StepSample]]:
+        grid = self._requests(prefixes, n, stop, temperature, max_new_tokens, seed, top_p, top_k)
         self._run([s for row in grid if row for s in row])
         with self._tok_lock:
             return [[EngineSample(text=self.tokenizer.decode([t for t in s.tokens if t != self.eos_id]),
                                   num_tokens=len(s.tokens), logprob=s.logprob, finished=s.finished,
                                   token_ids=tuple(s.tokens)) for s in row]
                     for row in grid]
+
+    def _stop_ids(self, termination: Termination) -> tuple[int, ...]:
+        """Token ids that end a round: the last token of each stop string, then EOS.
+
+        A one-token stop string stops on itself; a longer one ("\\n\\n" in a character vocabulary) stops on
+        its last token, which only proposes a boundary: `termination.ends` reads the decoded text.
+        """
+        ids = []
+        for stop in termination.stop_strings:
+            toks = self._encode([stop])[0]
+            if not toks:
+                raise ValueError(f"the engine's tokenizer encodes stop string {stop!r} as no tokens")
+            ids.append(toks[-1])
+        ids = tuple(dict.fromkeys(ids + [self.eos_id]))
+        if len(ids) > MAX_STOP_IDS:
+            raise ValueError(f"termination {type(termination).__name__} needs {len(ids)} stop tokens with EOS; "
+                             f"the engine holds {MAX_STOP_IDS} per sequence")
+        return ids
+
+    def _generate_terminated(self, prefixes, n, termination: Termination, temperature, max_new_tokens, seed, top_p,
+                             top_k) -> list[list[StepSample]]:
+        """sample_steps with a termination: rounds of requests until `ends` accepts each step (or EOS, or max tokens).
+
+        A round that stops where the step is not complete is followed by a request for the same step: the
+        prompt plus every token so far, the step's remaining budget and the rest of its uniforms.
+        """
+        stop = self._stop_ids(termination)
+        grid = self._requests(prefixes, n, stop, temperature, max_new_tokens, seed, top_p, top_k)
+        steps = [_Step(seq=s, prompt=s.prompt, uniforms=s.uniforms) for row in grid for s in row]
+        out: dict[int, EngineSample] = {}
+        todo = list(range(len(steps)))
+        while todo:
+            self._run([steps[i].seq for i in todo])
+            going = []
+            for i in todo:
+                st, seq = steps[i], steps[i].seq
+                st.starts.append(len(st.tokens))
+                st.logprobs.append(seq.logprob)
+                st.tokens += seq.tokens
+                with self._tok_lock:
+                    text = self.tokenizer.decode([t for t in st.tokens if t != self.eos_id])
+                stopped = seq.finished and seq.tokens[-1] != self.eos_id  # at a stop token, not EOS
+                if stopped and termination.ends(text):
+                    out[i] = self._cut(st, termination, text)
+                elif stopped and len(st.tokens) < max_new_tokens:
+                    used = len(st.tokens)
+                    st.seq = _Seq(prompt=st.prompt + st.tokens, max_new=max_new_tokens - used, stop=stop,
+                                  temperature=seq.temperature, top_p=seq.top_p, top_k=seq.top_k,
+                                  uniforms=None if st.uniforms is None else st.uniforms[used:])
+                    going.append(i)
+                else:  # EOS (the solution ends here), or out of tokens inside the step
+                    eos = seq.finished and seq.tokens[-1] == self.eos_id
+                    out[i] = EngineSample(text=text, num_tokens=len(st.tokens), logprob=sum(st.logprobs),
+                                          finished=eos, complete=False, token_ids=tuple(st.tokens))
+            todo = going
+        return [[out[k * n + j] for j in range(n)] for k in range(len(prefixes))]
+
+    def _cut(self, st: _Step, termination: Termination, text: str) -> EngineSample:
+        """The complete step `termination.split(text)[0]` of a step's rounds.
+
+        It is all of the text except after a code block closed by a dedent, when the dedented line (the
+        next step's start, a round of its own) was generated only to see the block end: that round leaves
+        text, token_ids and logprob, and stays in num_tokens (its tokens were spent).
+        """
+        step = termination.split(text)[0]
+        keep, logprob = len(st.tokens), 0.0
+        with self._tok_lock:
+            for r, start in enumerate(st.starts):
+                if r and len(self.tokenizer.decode([t for t in st.tokens[:start] if t != self.eos_id])) >= len(step):
+                    keep = start
+                    break
+                logprob += st.logprobs[r]
+        return EngineSample(text=step, num_tokens=len(st.tokens), logprob=logprob, finished=True, complete=True,
+                            token_ids=tuple(st.tokens[:keep]))
 
     def _run(self, seqs: list[_Seq]) -> None:
         """Queue seqs and return once all are done, driving the decode loop when no other caller does."""
@@ -696,7 +802,7 @@ class Engine:
         self._top_p[sl] = torch.tensor([s.top_p for s in order])
         self._top_k[sl] = torch.tensor([s.top_k for s in order])
         self._logprob[sl] = 0
-        self._stop[sl] = torch.tensor([(list(s.stop) + [-1, -1])[:2] for s in order])
+        self._stop[sl] = torch.tensor([(list(s.stop) + [-1] * MAX_STOP_IDS)[:MAX_STOP_IDS] for s in order])
         for k, s in enumerate(order):
             if s.uniforms is not None:
                 self._unif[n0 + k, :s.max_new] = s.uniforms.to(self.device)

@@ -18,7 +18,7 @@ Design choices:
   of its parent, then as a child); the cost is that a pushed state's K steps are drawn
   even if it is never popped, since its h needs them.
   Identical samples under one state are one candidate (one child, one Q call).
-- A terminal state (an answer step, a step without a newline, or a non-terminal step at
+- A terminal state (an answer step, a step its termination did not end, or a non-terminal step at
   max_depth, which then has no answer) gets h = 0, so f = g: nothing comes after it (Q*
   §3: the episode ends), and with an optimistic heuristic (f of every open state >= the
   best f of any terminal below it) the first terminal popped is the best one. With
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 from rl.search.tree import Tree
-from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily
+from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
 from rl.tasks.base import Problem, Task
 
 if TYPE_CHECKING:  # rl.models.policy imports torch; search code only reads the dataclass
@@ -162,7 +162,7 @@ class AStar:
                 chosen = node
                 break
             candidates = st.candidates.pop(node)  # sampled when node was pushed: its children now
-            children = [tree.add_child(node, s.text, logprob=s.logprob, terminal=self._ends(task, s.text, tree, node))
+            children = [tree.add_child(node, s.text, logprob=s.logprob, terminal=self._ends(task, s, tree, node))
                         for s, _ in candidates]
             st.grow(tree.size)
             for child, (_, q) in zip(children, candidates):
@@ -200,9 +200,11 @@ class AStar:
             raise ValueError(f"AStar needs {' and '.join(missing)}; it is None and so is the fallback models.value")
         return prm, q_critic
 
-    def _ends(self, task: Task, text: str, tree: Tree, parent: int) -> bool:
-        """True when a step ends its path: an answer, no newline (EOS or truncated), or max_depth reached."""
-        return task.is_terminal(text) or not text.endswith("\n") or tree.depth[parent] + 1 >= self.max_depth
+    def _ends(self, task: Task, step: StepSample, tree: Tree, parent: int) -> bool:
+        """True when a step ends its path: an answer, a step its termination did not end (EOS or truncated),
+        or max_depth reached."""
+        return (task.is_terminal(step.text) or not step_is_complete(task, step)
+                or tree.depth[parent] + 1 >= self.max_depth)
 
     def _push(self, tree: Tree, nodes: list[int], st: _State, task: Task, models: Models, prm, q_critic,
               spent: Spent, rng: np.random.Generator) -> None:
@@ -223,9 +225,9 @@ class AStar:
 
         live = [i for i in nodes if not tree.terminal[i]]
         if live:
-            samples = models.policy.sample_steps([tree.state(i) for i in live], self.top_k,
-                                                 temperature=self.temperature, max_new_tokens=self.step_max_tokens,
-                                                 seed=int(rng.integers(2**31)))
+            samples = sample_steps(models.policy, task, [tree.state(i) for i in live], self.top_k,
+                                   temperature=self.temperature, max_new_tokens=self.step_max_tokens,
+                                   seed=int(rng.integers(2**31)))
             pairs: list[tuple[int, StepSample]] = []  # (node, StepSample), distinct texts per node
             for i, steps in zip(live, samples):
                 seen = set()

@@ -3,7 +3,7 @@
 At each depth every live beam is expanded with `expand` sampled steps (one batched
 policy call for all beams), every new child is scored by the PRM on prompt + steps
 (one batched critic call), and the `beam_width` best non-terminal children become the
-next beams. Terminal children (an answer step, or a step that did not end at a newline)
+next beams. Terminal children (an answer step, or a step that the task's termination did not end)
 are set aside as candidates and take no beam slot, so the beam keeps its full width
 while finished solutions accumulate. The answer is the highest-scored candidate; with
 none, the best live beam is completed greedily.
@@ -21,7 +21,7 @@ import numpy as np
 
 from rl.search.sampling import critic_or_value, out_of_tokens, score_nodes
 from rl.search.tree import Tree
-from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily
+from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
 from rl.tasks.base import Problem, Task
 
 
@@ -73,9 +73,9 @@ class StepBeam:
     def _expand(self, tree: Tree, beams: list[int], task: Task, models: Models, spent: Spent,
                 rng: np.random.Generator) -> list[int]:
         """Sample `expand` steps under every beam in one call; add the distinct ones; return the new ids."""
-        samples = models.policy.sample_steps([tree.state(b) for b in beams], self.expand,
-                                             temperature=self.temperature, max_new_tokens=self.step_max_tokens,
-                                             seed=int(rng.integers(2**31)))
+        samples = sample_steps(models.policy, task, [tree.state(b) for b in beams], self.expand,
+                               temperature=self.temperature, max_new_tokens=self.step_max_tokens,
+                               seed=int(rng.integers(2**31)))
         new = []
         for b, steps in zip(beams, samples):
             seen = set()
@@ -84,7 +84,7 @@ class StepBeam:
                 if s.text in seen:  # identical sibling: one node, so it cannot fill two beam slots
                     continue
                 seen.add(s.text)
-                ended = task.is_terminal(s.text) or not s.text.endswith("\n")  # no newline: EOS or truncated
+                ended = task.is_terminal(s.text) or not step_is_complete(task, s)  # an answer, EOS or truncated
                 new.append(tree.add_child(b, s.text, logprob=s.logprob, terminal=ended))
             tree.expanded[b] = True
         return new

@@ -22,7 +22,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from rl.search.tree import Tree, backup, puct_select, uct_select
-from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily
+from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
 from rl.tasks.base import Problem, Task
 
 
@@ -145,16 +145,15 @@ class MCTS:
 
     def _add_children(self, tree: Tree, node: int, n: int, task: Task, models: Models, spent: Spent,
                       rng: np.random.Generator) -> None:
-        samples = models.policy.sample_steps([tree.state(node)], n, temperature=self.temperature,
-                                             max_new_tokens=self.step_max_tokens,
-                                             seed=int(rng.integers(2**31)))[0]
+        samples = sample_steps(models.policy, task, [tree.state(node)], n, temperature=self.temperature,
+                               max_new_tokens=self.step_max_tokens, seed=int(rng.integers(2**31)))[0]
         for s in samples:
             spent.generated_tokens += s.num_tokens
             twin = self._equivalent_sibling(tree, node, s.text)
             if twin is not None:  # state merge: the sample adds nothing new
                 tree.merged[twin] += 1
                 continue
-            ended = task.is_terminal(s.text) or not s.text.endswith("\n")
+            ended = task.is_terminal(s.text) or not step_is_complete(task, s)  # an answer, EOS or truncated
             child = tree.add_child(node, s.text, logprob=s.logprob, num_tokens=s.num_tokens, terminal=ended)
             if not ended and tree.depth[child] >= self.max_depth:
                 tree.terminal[child] = True  # out of steps: no answer, the reward scores it 0

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from rl.search.tree import Tree
 from rl.tasks.base import Problem, Task
+from rl.tasks.termination import NewlineStep
+
+if TYPE_CHECKING:  # rl.models.policy imports torch; search code only reads the dataclass
+    from rl.models.policy import StepSample
 
 
 @dataclass
@@ -63,3 +67,25 @@ def finish_greedily(tree: Tree, node: int, policy, spent: Spent, *, max_new_toke
     done = policy.complete([tree.state(node)], temperature=0.0, max_new_tokens=max_new_tokens)[0]
     spent.generated_tokens += done.num_tokens
     return done.text
+
+
+def sample_steps(policy, task: Task, prefixes: list[str], n: int, *, temperature: float, max_new_tokens: int,
+                 seed: int) -> list[list[StepSample]]:
+    """policy.sample_steps with steps ended by the task's termination function (AlphaLLM §4.2 options).
+
+    A newline termination is not passed: it is every backend's default, so backends and fakes that know only
+    newline steps keep working and the newline path is the same call as before terminations existed.
+    """
+    kw = {} if isinstance(task.termination, NewlineStep) else {"termination": task.termination}
+    return policy.sample_steps(prefixes, n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, **kw)
+
+
+def step_is_complete(task: Task, sample: StepSample) -> bool:
+    """True when the task's termination ended the step, so the path may go on; False after EOS or max tokens.
+
+    A backend given the termination reports it (`sample.complete`): a code block closed by a dedent is
+    complete, though its text alone does not show it. Otherwise the text says it: `termination.ends(text)`
+    (for newline steps: the text holds the newline that ended it).
+    """
+    complete = getattr(sample, "complete", None)  # None, or absent: the backend did not get the termination
+    return task.termination.ends(sample.text) if complete is None else bool(complete)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from rl.config import ArithmeticConfig
 from rl.grading import answers_equal, extract_final_answer
 from rl.grading.answers import ANSWER_PREFIX
 from rl.tasks.base import Problem
+from rl.tasks.termination import NewlineStep, Termination
 
 EVAL_BUCKETS = 5  # one question hash bucket in five is held out for evaluation
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -56,6 +57,7 @@ def split_of(question: str) -> str:
 class ArithmeticTask:
     cfg: ArithmeticConfig
     name: str = "arithmetic"
+    termination: Termination = field(default_factory=NewlineStep)  # a step is one scratchpad line
 
     def __post_init__(self) -> None:
         c = self.cfg

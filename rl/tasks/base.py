@@ -6,17 +6,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from rl.tasks.termination import Termination
+
 
 @dataclass(frozen=True)
 class Problem:
     id: str              # stable id, unique within a data file
     question: str        # the text the policy sees after the prompt prefix
     answer: str          # gold final answer
-    solution: str = ""   # a reference solution, one step per line (bootstrap only)
+    solution: str = ""   # a reference solution; the task's termination splits it into steps (bootstrap only)
 
 
 class Task(Protocol):
     name: str
+    termination: Termination  # where a step (an option, AlphaLLM §4.2) ends; searches and backends stop there
 
     def prompt(self, problem: Problem) -> str:
         """Text the policy continues; steps are appended to it."""
