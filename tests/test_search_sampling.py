@@ -238,9 +238,12 @@ def test_beam_stops_at_the_token_budget():
     assert res.tree.size == 9 and res.chosen == 5 and res.answer == "5"
 
 
-def test_beam_skips_the_final_completion_when_the_budget_is_spent():
+def test_beam_still_completes_the_best_beam_when_the_budget_is_spent():
+    # the one budget rule of every search: the closing greedy completion always runs, so there is an answer
     res, policy, _ = run_beam(budget=Budget(max_tokens=5), max_depth=1)
-    assert policy.complete_calls == [] and res.chosen == 2 and res.solution == "b\n" and res.answer is None
+    assert len(policy.step_calls) == 1                       # no second depth past the cap
+    assert policy.complete_calls == [["Q: x\nb\n"]] and res.chosen == 2
+    assert res.solution == "b\nAnswer: 4\n" and res.answer == "4"
 
 
 def test_beam_falls_back_to_value_and_raises_without_a_critic():

@@ -8,9 +8,10 @@ are set aside as candidates and take no beam slot, so the beam keeps its full wi
 while finished solutions accumulate. The answer is the highest-scored candidate; with
 none, the best live beam is completed greedily.
 
-Budget: the search stops before any policy call (a depth's expansion or the final
-completion) once spent.generated_tokens >= budget.max_tokens (0 = no cap); a call that
-starts under the cap runs to the end. The first expansion always runs.
+Budget (the rule of every search, rl/search/types.py Budget): no depth's expansion starts once
+spent.generated_tokens >= budget.max_tokens (0 = no cap); a call that starts under the cap runs
+to the end; the first expansion always runs; without a finished candidate, the final greedy
+completion of the best beam always runs, so there is always an answer.
 """
 from __future__ import annotations
 
@@ -62,9 +63,8 @@ class StepBeam:
         else:
             # beams are best-first, so beams[0] is the best live beam (the root if nothing was kept)
             chosen = beams[0] if beams else 0
-            if not out_of_tokens(budget, spent):
-                solution_tail = finish_greedily(tree, chosen, models.policy, spent,
-                                                max_new_tokens=self.step_max_tokens * self.max_depth)
+            solution_tail = finish_greedily(tree, chosen, models.policy, spent,
+                                            max_new_tokens=self.step_max_tokens * self.max_depth)
         solution = tree.steps(chosen) + solution_tail
         spent.seconds = time.perf_counter() - t0
         return SearchResult(answer=task.extract_answer(solution), solution=solution, tree=tree,

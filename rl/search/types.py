@@ -38,7 +38,15 @@ class Models:
 
 @dataclass(frozen=True)
 class Budget:
-    max_tokens: int = 0   # generated tokens per problem; 0 = no cap
+    """Generated tokens per problem, a soft cap that every search applies the same way:
+
+    - no search step that generates (an expansion, a sample, a rollout, a candidate draw) starts
+      once spent.generated_tokens >= max_tokens; a call that starts under the cap runs to its end;
+    - a search's first generation always runs;
+    - if the search ends without a finished solution, one greedy completion of its chosen path
+      always runs (finish_greedily), so every method returns an answer; it may overshoot the cap.
+    """
+    max_tokens: int = 0   # 0 = no cap
 
 
 @dataclass
