@@ -4,6 +4,7 @@ Everything a run needs to resume is in state_dict(), written with each checkpoin
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from learners.learner import Learner
 from launch import checkpoint as ckpt
 from launch.tracking import Tracker, format_table, write_summary
 from rl.config import Config, to_dict
+from rl.imagination import Curriculum, arithmetic_config_for
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
@@ -65,6 +67,15 @@ class Controller:
             data = load_problems(c.task.train_data)
             start = ((round_ - 1) * n) % len(data)
             return [data[(start + i) % len(data)] for i in range(min(n, len(data)))]
+        if c.imagination.curriculum:  # generated prompts at the round's difficulty levels
+            im = c.imagination
+            levels = Curriculum(im.start_level, im.end_level, im.ramp_rounds, im.easy_frac).levels(
+                round_, n, np.random.default_rng(c.seed * 1000 + round_))
+            out = []
+            for level in sorted(set(levels)):
+                task = build_task(dataclasses.replace(c.task, arithmetic=arithmetic_config_for(level, c.task.arithmetic)))
+                out += task.generate(levels.count(level), c.seed * 1000 + round_ * 100 + level, "train")
+            return out
         return self.task.generate(n, c.seed * 1000 + round_, "train")
 
     def _resume_point(self, resume: str) -> Path | None:
@@ -234,6 +245,9 @@ class Controller:
             "rollout/nodes": sum(b.sent_nodes for b in batches), "rollout/critic_examples": len(examples),
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
             "rollout/policy_versions": len({b.policy_version for b in batches}),
+            **({"imagination/level": Curriculum(c.imagination.start_level, c.imagination.end_level,
+                                                 c.imagination.ramp_rounds, c.imagination.easy_frac).level(r)}
+               if c.imagination.curriculum and not c.task.train_data else {}),
             "rollout/stale_nodes": sum(b.sent_nodes for b in batches if max_staleness is not None
                                        and self.version - b.policy_version > max_staleness),
             **ray.get(self.replay.metrics.remote()),

@@ -169,6 +169,16 @@ class LearnerConfig:
 
 
 @dataclass
+class ImaginationConfig:
+    """Prompt synthesis (rl/imagination.py). For the generated embedded task: a difficulty curriculum."""
+    curriculum: bool = False       # off: every round's prompts come from task.arithmetic as configured
+    start_level: int = 0           # level 0 = task.arithmetic; each level adds an operand and widens values
+    end_level: int = 2
+    ramp_rounds: int = 4           # rounds to go from start_level to end_level
+    easy_frac: float = 0.3         # share of each round's prompts drawn from the easier levels
+
+
+@dataclass
 class ReplayConfig:
     """The replay actor's inbox: experiences wait there between the rollout actors and the buffer."""
     inbox_capacity: int = 200000   # records waiting to be drained into the buffer
@@ -191,6 +201,11 @@ class LabelsConfig:
     prm_completions: int = 4
     prm_paths: int = 2             # solutions per problem whose prefixes are labelled (the chosen one first)
     prm_label: Literal["soft", "hard"] = "soft"
+    # which searched trajectory the policy is fine-tuned on: the best one the verifier accepts, or the
+    # terminal the ORM (V when no ORM is trained) scores highest, kept only above sft_orm_threshold
+    # (no labels needed: AlphaLLM's self-improvement with a learned outcome critic)
+    sft_filter: Literal["verifier", "orm"] = "verifier"
+    sft_orm_threshold: float = 0.9
     # V also learns from each prompt's greedy solution, labelled by the verifier: a Monte Carlo return of
     # the policy's own rollout from the root, and the distribution V is evaluated on (tree terminals of
     # an exploring search are mostly wrong, which alone teaches V to under-rate good solutions)
@@ -232,6 +247,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

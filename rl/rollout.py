@@ -117,6 +117,8 @@ class RolloutWorker:
                         res.tree.reward[i] = self.task.reward(p, res.tree.steps(i))
             nodes, traj = experiences_from_search(p.id, res, policy_version=self.policy.version,
                                                   critic_version=self.value.version)
+            if self.labels.sft_filter == "orm":
+                traj = self.orm_trajectory(p, res)
             out.nodes += nodes
             if traj is not None:
                 out.trajectories.append(traj)
@@ -145,6 +147,24 @@ class RolloutWorker:
                                          target=float(self.task.reward(p, r.solution)),
                                          policy_version=self.policy.version))
         return out
+
+    def orm_trajectory(self, p: Problem, res) -> Trajectory | None:
+        """The terminal the ORM (V without an ORM) scores highest, if above labels.sft_orm_threshold.
+
+        AlphaLLM's self-improvement without labels: the learned outcome critic, not the verifier,
+        picks the solution the policy is fine-tuned on. Trajectory.reward holds that score.
+        """
+        tree = res.tree
+        terminals = [i for i in range(1, tree.size) if tree.terminal[i]]
+        if not terminals:
+            return None
+        scores = self.critics.get("orm", self.value).score([tree.state(i) for i in terminals])
+        best = int(np.argmax(scores))
+        if scores[best] <= self.labels.sft_orm_threshold:
+            return None
+        return Trajectory(id=f"{p.id}/v{self.policy.version}/traj", problem_id=p.id, prompt=tree.prompt,
+                          solution=tree.steps(terminals[best]), reward=float(scores[best]),
+                          policy_version=self.policy.version, critic_version=self.value.version)
 
     # ---- labels that need more generation ------------------------------------------
     def _complete_all(self, policy, prefixes: list[str], temperature: float) -> list[str]:

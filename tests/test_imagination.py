@@ -134,3 +134,21 @@ def test_synthesize_drops_empty_and_repeated_rewrites():
                                    min_agreement=0.5, eval_index=frozenset(), max_overlap=0.5, n=3,
                                    rng=np.random.default_rng(0))
     assert problems == [] and metrics["imagination/dropped_invalid"] == 2 and policy.solved == []
+
+
+def test_controller_draws_round_prompts_from_the_curriculum(tmp_path):
+    from launch.controller import Controller
+    from rl.config import load_config
+    cfg = load_config(None, [f"run_dir={tmp_path}", "loop.prompts_per_round=40", "loop.eval_size=4",
+                             "imagination.curriculum=true", "imagination.start_level=0", "imagination.end_level=2",
+                             "imagination.ramp_rounds=2", "imagination.easy_frac=0.25"])
+    ctl = Controller(cfg)   # no Ray until setup()
+    base = cfg.task.arithmetic.max_operands
+    operands = lambda probs: [p.question.count("+") + p.question.count("-") + p.question.count("*") + 1  # noqa: E731
+                              for p in probs]
+    first, last = ctl.train_problems(1), ctl.train_problems(3)
+    assert len(first) == len(last) == 40
+    assert max(operands(first)) <= base                  # round 1: level 0, the task as configured
+    assert max(operands(last)) == base + 2               # round 3: level 2 adds two operands
+    assert sum(o <= base for o in operands(last)) >= 10  # a quarter drawn from the easier levels
+    assert ctl.train_problems(3) == last                 # the same prompts for the same round (resume)

@@ -104,3 +104,17 @@ def test_threaded_searches_share_the_engine(tiny_model_dir):
     assert [r.id for r in recs] == [p.id for p in problems] and all(r.tokens > 0 for r in recs)
     with pytest.raises(ValueError, match="rollout.search_threads"):
         RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), threads=2)
+
+
+def test_orm_filter_picks_the_best_scored_terminal_above_the_threshold(tiny_model_dir):
+    from rl.config import LabelsConfig
+    task = ArithmeticTask(EASY)
+    problems = task.generate(3, 9, "train")
+    kept = RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), seed=0,
+                         labels=LabelsConfig(sft_filter="orm", sft_orm_threshold=0.0)).search(problems)
+    assert len(kept.trajectories) == 3      # every search reached a terminal; threshold 0 keeps them all
+    for t in kept.trajectories:             # the reward is the critic's score, not the verifier's
+        assert 0.0 < t.reward < 1.0
+    none = RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), seed=0,
+                         labels=LabelsConfig(sft_filter="orm", sft_orm_threshold=1.0)).search(problems)
+    assert none.trajectories == []          # a sigmoid never exceeds 1
