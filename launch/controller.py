@@ -237,6 +237,9 @@ class Controller:
                  if max_staleness is None or self.version - t.policy_version <= max_staleness]
         metrics["async/dropped_trajectories"] = sum(len(b.trajectories) for b in batches) - len(trajs)
         metrics.update(self.learner.call(Learner.train_policy, [t.prompt for t in trajs], [t.solution for t in trajs]))
+        if c.learner.dpo:
+            metrics.update(self.learner.call(Learner.train_policy_dpo, nodes_ref, min_gap=c.labels.dpo_min_gap,
+                                             beta=c.learner.dpo_beta, epochs=c.learner.dpo_epochs))
         self._save_trees(r, [t for b in batches for t in b.trees][:c.loop.log_trees])
         records = [rec for b in batches for rec in b.records]
         metrics.update({

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from learners.dist import bind_free_port, init_group
 from learners.critic_round import train_critics
 from rl.config import LabelsConfig, LearnerConfig
-from rl.labels import QTransitions, fqi_targets
-from rl.losses import sft_batch, sft_loss, value_batch, value_loss
+from rl.labels import QTransitions, fqi_targets, step_preference_pairs
+from rl.losses import dpo_loss, sequence_logprobs, sft_batch, sft_loss, value_batch, value_loss
 from rl.models.critic import last_token_logits, load_value_model
 from rl.models.device import pick_device
 from rl.models.weights import Weights, to_numpy
@@ -159,6 +159,47 @@ class Learner:
         return {"learner/policy_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
                 "learner/policy_loss_first": losses[0], "learner/policy_steps": len(losses),
                 "learner/policy_examples": len(prompts), "time/policy_train": time.perf_counter() - t0}
+
+    def train_policy_dpo(self, nodes: list, *, min_gap: float, beta: float, epochs: int = 1) -> dict:
+        """Step-level DPO on sibling steps of this round's trees with clearly different values.
+
+        The reference policy is this policy as it enters the call: its log-probabilities of every
+        pair are computed once, before any update.
+        """
+        t0 = time.perf_counter()
+        pairs = step_preference_pairs(nodes, min_gap=min_gap)
+        if not pairs:
+            return {"learner/dpo_pairs": 0}
+        prefixes, chosen, rejected = (list(x) for x in zip(*pairs))
+
+        def batch(idx):
+            c = sft_batch(self.tokenizer, [prefixes[i] for i in idx], [chosen[i] for i in idx], MAX_LEN, eos=False)
+            r = sft_batch(self.tokenizer, [prefixes[i] for i in idx], [rejected[i] for i in idx], MAX_LEN, eos=False)
+            return {**{f"c_{k}": v for k, v in c.items()}, **{f"r_{k}": v for k, v in r.items()}}
+
+        def logps(eng, b):
+            run = lambda p: sequence_logprobs(eng(input_ids=b[f"{p}_input_ids"],  # noqa: E731
+                                                  attention_mask=b[f"{p}_attention_mask"]).logits, b[f"{p}_labels"])
+            return run("c"), run("r")
+
+        self.policy.eval()
+        with torch.no_grad():
+            ref = [logps(self.policy, {k: v.to(self.policy.device) for k, v in batch(np.arange(i, min(i + 64, len(pairs)))).items()})
+                   for i in range(0, len(pairs), 64)]
+        ref_c = torch.cat([r[0] for r in ref]).cpu()
+        ref_r = torch.cat([r[1] for r in ref]).cpu()
+
+        def make_batch(idx):
+            return {**batch(idx), "ref_c": ref_c[idx], "ref_r": ref_r[idx]}
+
+        def loss_fn(eng, b):
+            pc, pr = logps(eng, b)
+            return dpo_loss(pc, pr, b["ref_c"], b["ref_r"], beta=beta)
+
+        losses = self._fit(self.policy, len(pairs), make_batch, loss_fn, epochs=epochs, steps=None, lr=None)
+        return {"learner/dpo_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
+                "learner/dpo_loss_first": losses[0], "learner/dpo_pairs": len(pairs),
+                "time/dpo_train": time.perf_counter() - t0}
 
     def train_value(self, states: list[str], targets: np.ndarray, *, epochs: int | None = None) -> dict:
         """BCE of V(s) against Monte Carlo targets in [0, 1]."""

@@ -164,6 +164,10 @@ class LearnerConfig:
     critic_lr: float = 1e-3        # q, prm and orm
     critic_epochs: int = 2
     holdout_frac: float = 0.1      # problems whose labels are held out to report each critic's loss/precision/recall/ECE
+    # optional step-level DPO after the SFT: sibling steps whose backed-up values differ by labels.dpo_min_gap
+    dpo: bool = False
+    dpo_beta: float = 0.1
+    dpo_epochs: int = 1
     num_cpus: float = 1.0          # per rank
     num_gpus: float = 0.0          # per rank
 
@@ -204,6 +208,7 @@ class LabelsConfig:
     # which searched trajectory the policy is fine-tuned on: the best one the verifier accepts, or the
     # terminal the ORM (V when no ORM is trained) scores highest, kept only above sft_orm_threshold
     # (no labels needed: AlphaLLM's self-improvement with a learned outcome critic)
+    dpo_min_gap: float = 0.5       # value gap that makes two sibling steps a preference pair (learner.dpo)
     sft_filter: Literal["verifier", "orm"] = "verifier"
     sft_orm_threshold: float = 0.9
     # V also learns from each prompt's greedy solution, labelled by the verifier: a Monte Carlo return of

@@ -341,3 +341,23 @@ def terminal_examples(nodes: Sequence) -> tuple[list[str], np.ndarray, list[str]
 def is_heldout(problem_id: str, frac: float) -> bool:
     """A stable split of problems into critic training and held-out data (the same in every round and rank)."""
     return zlib.crc32(problem_id.encode()) % 10_000 < frac * 10_000
+
+
+def step_preference_pairs(nodes: Sequence, *, min_gap: float) -> list[tuple[str, str, str]]:
+    """(prefix, chosen step, rejected step) from visited sibling node records whose backed-up values
+    differ by at least min_gap: dpo_pairs on NodeExperience records, grouped per search."""
+    if not min_gap > 0:
+        raise ValueError(f"labels.dpo_min_gap must be > 0, got {min_gap}")
+    pairs = []
+    for group in _by_search(nodes).values():
+        siblings: dict[int, list] = {}
+        for i in sorted(group):
+            if group[i].visits > 0:
+                siblings.setdefault(group[i].parent, []).append(group[i])
+        for kids in siblings.values():
+            for a_i, a in enumerate(kids):
+                for b in kids[a_i + 1:]:
+                    if abs(a.value - b.value) >= min_gap and a.step != b.step:
+                        hi, lo = (a, b) if a.value > b.value else (b, a)
+                        pairs.append((hi.state[:len(hi.state) - len(hi.step)], hi.step, lo.step))
+    return pairs

@@ -7,15 +7,16 @@ import torch.nn.functional as F
 IGNORE = -100  # label of positions the SFT loss skips (prompt and padding)
 
 
-def sft_batch(tokenizer, prompts: list[str], completions: list[str], max_len: int) -> dict[str, torch.Tensor]:
-    """Right-padded token ids with labels only on the completion and its EOS.
+def sft_batch(tokenizer, prompts: list[str], completions: list[str], max_len: int, *,
+              eos: bool = True) -> dict[str, torch.Tensor]:
+    """Right-padded token ids with labels only on the completion (and its EOS, for whole solutions).
 
     Returns input_ids, attention_mask and labels, each [B, T].
     """
     rows, labels = [], []
     for p, c in zip(prompts, completions):
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
         ids = (p_ids + c_ids)[:max_len]
         rows.append(ids)
         labels.append(([IGNORE] * len(p_ids) + c_ids)[:max_len])
@@ -51,3 +52,20 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def value_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of V(s) = sigmoid(logit) against soft targets in [0, 1]. Both [B]."""
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] sum of log p(label) over each row's labelled positions. logits [B, T, V], labels [B, T]."""
+    logp = logits[:, :-1].float().log_softmax(-1)                        # [B, T-1, V]
+    target = labels[:, 1:]                                               # [B, T-1]
+    mask = target != IGNORE
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+    return (picked * mask).sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """Direct preference optimisation (Rafailov et al. 2023), here on sibling steps (step-level DPO):
+    -log sigmoid(beta * ((log pi(c) - log ref(c)) - (log pi(r) - log ref(r)))), mean over pairs. All [B]."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).mean()

@@ -1,6 +1,7 @@
 """The DeepSpeed learner (one rank, gloo on CPU): training lowers the loss, publishing bumps the version."""
 import numpy as np
 import pytest
+import torch
 
 from rl.config import LearnerConfig
 from rl.tasks import ArithmeticTask
@@ -50,6 +51,29 @@ def test_fqi_lowers_the_bellman_error_and_q_learns_the_tree(learner):
     v_before = learner.critic_scores("value", data.texts[:1])
     learner.train_critic("q", data.texts[:1], np.array([0.0]), epochs=1)
     np.testing.assert_array_equal(learner.critic_scores("value", data.texts[:1]), v_before)  # critics are apart
+
+
+def test_step_level_dpo_raises_the_chosen_step_over_the_rejected(learner):
+    from rl.experience import NodeExperience
+    from rl.losses import sequence_logprobs, sft_batch
+
+    def node(i, step, value):
+        return NodeExperience(id=f"p/v0/{i}", problem_id="p", node=i, parent=0, depth=1, state="Q: 2+2\n" + step,
+                              step=step, visits=3, value=value, value_target=value, terminal_reward=float("nan"),
+                              policy_version=0, critic_version=0)
+    nodes = [node(1, "4\n", 0.9), node(2, "5\n", 0.1)]
+
+    def margin():
+        b = sft_batch(learner.tokenizer, ["Q: 2+2\n"] * 2, ["4\n", "5\n"], 64, eos=False)
+        with torch.no_grad():
+            lp = sequence_logprobs(learner.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                   b["labels"])
+        return float(lp[0] - lp[1])
+
+    before = margin()
+    m = learner.train_policy_dpo(nodes, min_gap=0.5, beta=0.5, epochs=20)
+    assert m["learner/dpo_pairs"] == 1 and m["learner/dpo_loss"] < m["learner/dpo_loss_first"]
+    assert margin() > before + 0.5
 
 
 def test_unknown_critic_is_named(learner):

@@ -68,3 +68,36 @@ def test_best_reward_below_and_terminal_examples():
     assert set(pids) == {"p"}
     texts, labels, _ = terminal_examples(_nodes())
     assert dict(zip(texts, labels)) == {"Qac": 1.0, "Qad": 0.0, "Qbfg": 0.0}
+
+
+def test_step_preference_pairs_from_sibling_values():
+    import dataclasses
+
+    import pytest
+
+    from rl.labels import step_preference_pairs
+    values = {1: 0.9, 2: 0.2, 3: 1.0, 4: 0.0, 5: 0.5, 6: 0.45, 7: 0.0}
+    nodes = [dataclasses.replace(n, value=values[n.node]) for n in _nodes()]
+    pairs = step_preference_pairs(nodes, min_gap=0.5)
+    # root's children a (0.9) > b (0.2); under a: c (1.0) > d (0.0); e/f differ by 0.05 only
+    assert sorted(pairs) == [("Q", "a", "b"), ("Qa", "c", "d")]
+    unvisited = [dataclasses.replace(n, visits=0) if n.node == 2 else n for n in nodes]
+    assert ("Q", "a", "b") not in step_preference_pairs(unvisited, min_gap=0.5)
+    with pytest.raises(ValueError, match="dpo_min_gap"):
+        step_preference_pairs(nodes, min_gap=0.0)
+
+
+def test_dpo_loss_and_sequence_logprobs_on_hand_numbers():
+    import torch
+
+    from rl.losses import IGNORE, dpo_loss, sequence_logprobs
+    # equal log-ratios: margin 0, loss log 2
+    z = torch.zeros(2)
+    assert torch.isclose(dpo_loss(z, z, z, z, beta=0.1), torch.log(torch.tensor(2.0)))
+    # chosen up by 1 nat against the reference, rejected down by 1: margin 2, beta 0.5 -> -log sigmoid(1)
+    loss = dpo_loss(torch.tensor([1.0]), torch.tensor([-1.0]), torch.tensor([0.0]), torch.tensor([0.0]), beta=0.5)
+    assert torch.isclose(loss, -torch.nn.functional.logsigmoid(torch.tensor(1.0)))
+    # uniform logits over 4 tokens: every labelled position adds log(1/4); prompt positions are skipped
+    logits = torch.zeros(1, 4, 4)
+    labels = torch.tensor([[IGNORE, IGNORE, 2, 3]])
+    assert torch.isclose(sequence_logprobs(logits, labels), torch.tensor([2 * torch.log(torch.tensor(0.25))])).all()
