@@ -151,3 +151,17 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, ray_local):
     np.testing.assert_allclose(val_acc, val1, rtol=1e-5)
     np.testing.assert_allclose(pol2, pol1, rtol=2e-3)
     np.testing.assert_allclose(pol_acc, pol1, rtol=2e-3)
+
+
+def test_zero3_with_optimizer_offload_trains_and_publishes_whole_weights(tiny_model_dir):
+    """ZeRO-3 partitions parameters: publishing gathers them, so actors get full shapes."""
+    from learners.learner import Learner
+    from transformers import AutoModelForCausalLM
+    ref = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    lz = Learner(LearnerConfig(zero_stage=3, batch_size=4, offload_optimizer=True, value_lr=3e-3),
+                 str(tiny_model_dir), str(tiny_model_dir))
+    m = lz.train_critic("value", ["Q: 1\n1\n", "Q: 1\n2\n"] * 4, np.array([1.0, 0.0] * 4), epochs=5)
+    assert m["learner/value_loss"] < m["learner/value_loss_first"]
+    _, weights = lz.publish()
+    for k, v in ref.state_dict().items():
+        assert weights["policy"][k].shape == tuple(v.shape)
