@@ -1,9 +1,10 @@
 """One round of critic training on a learner rank: labels from the round's experience, then a fit per critic.
 
 Runs where the records already are (the learner rank, which receives them from the replay actor as
-object refs, not through the driver). Each critic trains on the training problems' labels and is
-reported on the held-out problems' labels (rl.labels.is_heldout: a stable split by problem id):
-loss, precision, recall, ECE and AUC under `critic/{name}_...`.
+object refs, not through the driver). Each critic trains on the training problems' labels; half of
+the held-out problems' labels (rl.labels.is_heldout: stable splits by problem id) calibrate it by
+temperature scaling folded into its head (learner.calibrate), and the other half report it: loss,
+precision, recall, ECE and AUC under `critic/{name}_...`, and the fitted `critic/{name}_temperature`.
 
     V    Monte Carlo targets of the sampled replay records (rl.experience.value_examples), plus the
          verifier reward of each prompt's greedy solution (CriticExample kind "value")
@@ -21,22 +22,40 @@ import numpy as np
 from rl.config import LabelsConfig
 from rl.experience import CriticExample, NodeExperience, value_examples
 from rl.labels import best_reward_below, is_heldout, terminal_examples, tree_transitions
-from rl.metrics import critic_report
+from rl.metrics import critic_report, fit_temperature
+
+MIN_CALIBRATION = 50  # held-out examples needed to fit a temperature; fewer and the critic is left as trained
 
 if TYPE_CHECKING:
     from learners.learner import Learner
 
 
 def fit_and_report(learner: "Learner", name: str, texts: list[str], targets, problem_ids: list[str]) -> dict:
-    """Train critic `name` on the training problems' (text, target) pairs; report it on the held-out ones."""
+    """Train critic `name` on the training problems' (text, target) pairs, calibrate it on half of the
+    held-out problems (learner.calibrate) and report it on the other half (all of them without calibration)."""
     frac = learner.cfg.holdout_frac
     held = np.array([is_heldout(p, frac) for p in problem_ids], dtype=bool)
     targets = np.asarray(targets, dtype=np.float64)
     metrics = learner.train_critic(name, [t for t, h in zip(texts, held) if not h], targets[~held])
-    if held.any():
-        ho = [t for t, h in zip(texts, held) if h]
-        metrics.update(critic_report(name, learner.critic_scores(name, ho), targets[held]))
-    return metrics
+    return {**metrics, **calibrate_and_report(learner, name, [t for t, h in zip(texts, held) if h], targets[held],
+                                              [p for p, h in zip(problem_ids, held) if h])}
+
+
+def calibrate_and_report(learner: "Learner", name: str, texts: list[str], targets: np.ndarray,
+                         problem_ids: list[str]) -> dict:
+    """Temperature scaling (Guo et al. 2017) of critic `name` on the held-out problems of one half (a
+    second stable split by problem id), folded into its head; the report uses the other half only."""
+    if not texts:
+        return {}
+    metrics = {}
+    if learner.cfg.calibrate:
+        cal = np.array([is_heldout(p + "#calibration", 0.5) for p in problem_ids], dtype=bool)
+        if cal.sum() >= MIN_CALIBRATION and (~cal).any():
+            temp = fit_temperature(learner.critic_logits(name, [t for t, c in zip(texts, cal) if c]), targets[cal])
+            learner.scale_head(name, 1.0 / temp)
+            metrics[f"critic/{name}_temperature"] = temp
+            texts, targets = [t for t, c in zip(texts, cal) if not c], targets[~cal]
+    return {**metrics, **critic_report(name, learner.critic_scores(name, texts), targets)}
 
 
 def drop_stale(records: list, version: int, max_staleness: int | None) -> tuple[list, int]:
@@ -83,7 +102,6 @@ def train_critics(learner: "Learner", value_nodes: list[NodeExperience] | None, 
             train = tree_transitions([n for n in nodes if not is_heldout(n.problem_id, cfg.holdout_frac)])
             metrics.update(learner.train_q_fqi(train, iterations=labels.fqi_iterations, gamma=labels.gamma))
             # held out: Q against the best reward the search reached below each (s, a)
-            texts, truth, _ = best_reward_below([n for n in nodes if is_heldout(n.problem_id, cfg.holdout_frac)])
-            if texts:
-                metrics.update(critic_report("q", learner.critic_scores("q", texts), truth))
+            texts, truth, pids = best_reward_below([n for n in nodes if is_heldout(n.problem_id, cfg.holdout_frac)])
+            metrics.update(calibrate_and_report(learner, "q", texts, truth, pids))
     return {**metrics, **stale_metrics}

@@ -265,16 +265,38 @@ class Learner:
         return self.critics[name]
 
     @torch.no_grad()
-    def critic_scores(self, name: str, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        """[len(texts)] scores in (0, 1) of critic `name` under the learner's current weights."""
+    def critic_logits(self, name: str, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """[len(texts)] logits of critic `name` under the learner's current weights."""
         engine = self._critic(name)
         engine.eval()
         out = []
         for i in range(0, len(texts), batch_size):
             b = value_batch(self.tokenizer, texts[i:i + batch_size], MAX_LEN)
-            out.append(torch.sigmoid(last_token_logits(engine, b["input_ids"].to(engine.device),
-                                                       b["attention_mask"].to(engine.device))).float().cpu())
+            out.append(last_token_logits(engine, b["input_ids"].to(engine.device),
+                                         b["attention_mask"].to(engine.device)).float().cpu())
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+    def critic_scores(self, name: str, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """[len(texts)] scores in (0, 1) of critic `name` under the learner's current weights."""
+        return 1.0 / (1.0 + np.exp(-self.critic_logits(name, texts, batch_size)))
+
+    @torch.no_grad()
+    def scale_head(self, name: str, factor: float) -> None:
+        """Multiply critic `name`'s scalar head (weight and bias) by factor: logit -> factor * logit.
+
+        Temperature scaling folded into the weights (factor = 1 / T), so the saved and published critic
+        is the calibrated one and nothing downstream needs to know T.
+        """
+        head = self._critic(name).module.score  # the token-classification head, Linear(hidden, 1)
+        params = [head.weight, *([head.bias] if head.bias is not None else [])]
+        if self.cfg.zero_stage == 3:  # partitioned: gather, edit on rank 0, re-partition
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                if self.rank == 0:
+                    for prm in params:
+                        prm.mul_(factor)
+        else:
+            for prm in params:
+                prm.mul_(factor)
 
     def value_scores(self, states: list[str]) -> np.ndarray:
         """V(s) under the learner's current weights (for held-out calibration checks)."""

@@ -164,6 +164,7 @@ class LearnerConfig:
     critic_lr: float = 1e-3        # q, prm and orm
     critic_epochs: int = 2
     holdout_frac: float = 0.1      # problems whose labels are held out to report each critic's loss/precision/recall/ECE
+    calibrate: bool = True         # temperature-scale each critic on half of the held-out problems (Guo et al. 2017)
     # optional step-level DPO after the SFT: sibling steps whose backed-up values differ by labels.dpo_min_gap
     dpo: bool = False
     dpo_beta: float = 0.1

@@ -90,11 +90,57 @@ def binary_auc(scores, labels) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def calibration_error(probs, targets, *, bins: int = 10) -> float:
+    """ECE against targets in [0, 1]: sum_b (n_b / n) * |mean target_b - mean prob_b| over equal-width
+    bins of the predicted probability. With 0/1 targets this is expected_calibration_error; with soft
+    targets (a Monte Carlo success fraction, a soft Math-Shepherd label) it asks the same question of the
+    expected outcome instead of a rounded one."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    if p.ndim != 1 or p.shape != t.shape or p.size == 0:
+        raise ValueError(f"need two non-empty 1-d arrays of the same length, got {p.shape} and {t.shape}")
+    which = np.minimum((p * bins).astype(int), bins - 1)   # [n] bin of each prediction
+    err = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            err += m.sum() / p.size * abs(t[m].mean() - p[m].mean())
+    return float(err)
+
+
+def fit_temperature(logits, targets, *, lo: float = 0.05, hi: float = 20.0, iters: int = 60) -> float:
+    """Temperature scaling (Guo et al. 2017): the T minimising mean BCE(sigmoid(logit / T), target).
+
+    The loss is unimodal in log T for a fixed set of logits; golden-section search over [lo, hi].
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    if z.size == 0:
+        raise ValueError("fit_temperature needs at least one example")
+
+    def loss(log_temp: float) -> float:
+        q = np.clip(1.0 / (1.0 + np.exp(-z / np.exp(log_temp))), 1e-7, 1 - 1e-7)
+        return float(-np.mean(t * np.log(q) + (1 - t) * np.log(1 - q)))
+
+    a, b = np.log(lo), np.log(hi)
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    for _ in range(iters):
+        if loss(c) < loss(d):
+            b, d = d, c
+            c = b - g * (b - a)
+        else:
+            a, c = c, d
+            d = a + g * (b - a)
+    return float(np.exp((a + b) / 2))
+
+
 def critic_report(name: str, probs, targets) -> dict[str, float]:
     """Held-out metrics of one critic against its ground truth, under `critic/{name}_...`.
 
-    targets may be soft (Monte Carlo fractions, soft PRM labels): the loss is binary cross-entropy
-    against them as given; precision, recall, ECE and AUC use them binarised at 0.5.
+    targets may be soft (Monte Carlo fractions, soft PRM labels): the loss is binary cross-entropy and
+    the ECE is calibration_error against them as given; precision, recall and AUC use them binarised
+    at 0.5.
     """
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
     t = np.asarray(targets, dtype=np.float64)
@@ -104,5 +150,5 @@ def critic_report(name: str, probs, targets) -> dict[str, float]:
     precision, recall = precision_recall(p, y)
     return {f"critic/{name}_loss": float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))),
             f"critic/{name}_precision": precision, f"critic/{name}_recall": recall,
-            f"critic/{name}_ece": expected_calibration_error(p, y), f"critic/{name}_auc": binary_auc(p, y),
+            f"critic/{name}_ece": calibration_error(p, t), f"critic/{name}_auc": binary_auc(p, y),
             f"critic/{name}_heldout": float(p.size)}

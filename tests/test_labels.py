@@ -223,3 +223,16 @@ def test_auc_matches_pair_counting():
     diff = pos[:, None] - neg[None, :]
     expected = ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
     assert binary_auc(scores, labels) == pytest.approx(expected, abs=1e-12)
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_soft_ece():
+    from rl.metrics import calibration_error, fit_temperature
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 2.0, 20000)                                   # calibrated logits
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(float)
+    assert abs(fit_temperature(3.0 * z, y) - 3.0) < 0.15              # overconfident by 3x: T = 3
+    assert abs(fit_temperature(z, y) - 1.0) < 0.05
+    # soft targets: predictions equal to the expected outcome in every bin have no calibration error
+    p = np.array([0.05, 0.15, 0.95]); t = np.array([0.05, 0.15, 0.95])
+    assert calibration_error(p, t) == 0.0
+    assert calibration_error(np.array([0.8, 0.8]), np.array([1.0, 0.0])) == pytest.approx(0.3)

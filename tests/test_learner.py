@@ -76,6 +76,14 @@ def test_step_level_dpo_raises_the_chosen_step_over_the_rejected(learner):
     assert margin() > before + 0.5
 
 
+def test_temperature_folded_into_the_head_scales_every_logit(learner):
+    texts = ["Q: 1+1\n2\n", "Q: 3-1\n5\n", "Q: 2+2\n4\n"]
+    before = learner.critic_logits("q", texts)
+    learner.scale_head("q", 0.5)
+    np.testing.assert_allclose(learner.critic_logits("q", texts), 0.5 * before, rtol=1e-5, atol=1e-6)
+    learner.scale_head("q", 2.0)
+
+
 def test_unknown_critic_is_named(learner):
     with pytest.raises(ValueError, match="learner.critics"):
         learner.critic_scores("prm", ["x"])
