@@ -141,6 +141,25 @@ def test_logits_with_prefix_reuse_match_full_recompute(sharp_dir, fast_path):
     assert torch.allclose(want, full, atol=1e-4)
 
 
+def test_a_child_prompt_cached_up_to_its_last_token_is_decoded_without_a_prefill(sharp_dir):
+    """A search's child prompt is its parent's retired sequence (cached but for the stop token): each of its
+    sequences joins the decode batch with that one token to encode, and samples what a cache-less engine does."""
+    eng = _engine(sharp_dir)
+    fresh = _engine(sharp_dir, cache_tokens=0)
+    kw = dict(temperature=1.0, max_new_tokens=10, seed=5)
+    parent = "Q: 12+3-4\n"
+    step = eng.sample_steps([parent], 1, **kw)[0][0]
+    child = parent + step.text
+    assert eng.eos_id not in step.token_ids                                  # so the text holds every token
+    before = eng.stats()
+    got = eng.sample_steps([child], 3, **kw)
+    after = eng.stats()
+    assert after["prefill_tokens"] - before["prefill_tokens"] == 3           # the last prompt token, once per sequence
+    assert after["reused_tokens"] - before["reused_tokens"] == len(_ids(eng.tokenizer, child)) - 1
+    assert after["shared_prompt_copies"] - before["shared_prompt_copies"] == 2
+    assert _same(got, fresh.sample_steps([child], 3, **kw))
+
+
 def test_score_matches_model_logprobs(sharp_dir):
     eng = _engine(sharp_dir)
     eng.complete(["Q: 1+2\n"], max_new_tokens=8)
@@ -208,6 +227,19 @@ def test_each_caller_gets_its_own_cap_and_stops_in_a_shared_batch(sharp_dir):
             assert all(shared.newline_id not in s.token_ids[:-1] or not s.finished for s in results[p])
 
 
+def test_direct_tokenizer_calls_match_the_hf_wrapper(sharp_dir):
+    """The engine encodes and decodes with a private copy of the Rust tokenizer; same ids and text as the wrapper."""
+    eng = _engine(sharp_dir)
+    tok = eng.tokenizer
+    assert eng._rust_tokenizer is not None                          # the char tokenizer takes the direct path
+    tok(["x", "xyz"], padding=True)                                 # padding set on the wrapper's Rust tokenizer
+    texts = PROMPTS + ["", "tab\there, caf\u00e9 </s> end", "  two  spaces\n\n"]
+    want = tok(texts, add_special_tokens=False)["input_ids"]
+    assert eng._encode(texts) == want
+    with eng._tok_lock:
+        assert [eng._text(ids) for ids in want] == [tok.decode([t for t in ids if t != eng.eos_id]) for ids in want]
+
+
 # ---- sampling ----------------------------------------------------------------------------------
 def test_seeded_sampling_is_reproducible_and_ordered(sharp_dir):
     eng = _engine(sharp_dir)
@@ -263,6 +295,9 @@ def test_sample_tokens_inverse_cdf_and_filters():
     tok, lp = sample_tokens(logits, torch.tensor([1.0, 1.0, 0.0, 1.0]), torch.tensor([1.0, 0.4, 1.0, 0.75]),
                             torch.tensor([1, 0, 0, 0]), torch.full((4,), 0.99))
     assert tok.tolist() == [0, 0, 0, 1]
+    hinted = sample_tokens(logits, torch.tensor([1.0, 1.0, 0.0, 1.0]), torch.tensor([1.0, 0.4, 1.0, 0.75]),
+                           torch.tensor([1, 0, 0, 0]), torch.full((4,), 0.99), mode=(True, False, True))
+    assert torch.equal(hinted[0], tok) and torch.equal(hinted[1], lp)     # the caller's mode skips the syncs only
     assert lp[:2].tolist() == [0.0, 0.0]
     assert lp[2].item() == pytest.approx(np.log(0.5), abs=1e-6)
     assert lp[3].item() == pytest.approx(np.log(0.3 / 0.8), abs=1e-6)

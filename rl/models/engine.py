@@ -28,14 +28,21 @@ How this engine works
 * One step = admit + one forward + sample. Waiting requests take free slots (continuous batching:
   a finished sequence frees its slot at once and the next waiting request takes it in the next step);
   the rest of their prompts is encoded in the same forward that decodes one token for every active
-  sequence. Each attention uses an explicit visibility mask (the query at position p sees keys 0..p of
-  its own slot) and explicit positions, so every row computes what a full recompute of that row would.
+  sequence. A request with only its last prompt token to encode (in a search, nearly all: see below)
+  is a decode row from the start, so most steps are pure decode steps. Each attention uses an explicit
+  visibility mask (the query at position p sees keys 0..p of its own slot) and explicit positions, so
+  every row computes what a full recompute of that row would.
+* Per-step costs. With a tiny model a step costs framework calls, not arithmetic, so a step makes few:
+  per-slot state the forward and the sampler read lives in two packed tensors (a slot moves in two
+  copies); generated tokens, log-probs, stops and caps are kept in Python on each sequence, after one
+  small device-to-host copy per step.
 * Prefix reuse. `PrefixCache` is a radix tree over token ids whose nodes hold the KV of their tokens,
   bounded by total cached tokens with LRU eviction of leaves. An admitted request copies the KV of its
   longest cached prefix into its slot and only encodes the rest (at least its last token, whose logits
   it needs). Prompts are cached after their prefill and finished sequences (prompt + step) when they
-  retire, so the children and rollouts of a search node start from the node's KV. Requests that share
-  a prompt in one admission encode it once and copy the KV to their siblings.
+  retire, so the children and rollouts of a search node start from the node's KV (all of it but the
+  stop token). Requests that share a prompt in one admission copy the KV to their siblings (and with
+  more than one token to encode, encode it once).
 * Terminations. With a termination a step is generated in rounds: a round stops at a stop token, and a
   step whose text `termination.ends` rejects goes on as a new request whose prompt is the old prompt plus
   every token so far (its KV is in the prefix cache, so only the last token is encoded) and whose
@@ -48,12 +55,14 @@ How this engine works
   requests are done, then hands the loop to a waiting caller; the others sleep until theirs are done.
 * Forward. For Llama-family models (llama, mistral without a sliding window, qwen2, qwen3) a lean
   forward runs all tokens of a step as one flat batch ([N, H]: stacked q/k/v and gate/up weights,
-  RoPE tables) with attention in two parts (decode tokens against a view of their slots, prompt tokens
-  regrouped into padded rows); at small sizes it costs about half the HF forward. `fast_path=False`
+  RoPE tables, in-place RoPE, residual adds fused into the matmuls, one KV write per layer) with
+  attention in two parts (decode tokens against a view of their slots, prompt tokens regrouped into
+  padded rows); at small sizes it costs about half the HF forward. `fast_path=False`
   (and any other architecture) runs the model's own forward with the slot buffer as `past_key_values`.
 """
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import threading
@@ -76,7 +85,6 @@ if TYPE_CHECKING:
     from rl.tasks.termination import Termination
 
 FAST_PATH_MODELS = ("llama", "mistral", "qwen2", "qwen3")  # decoder layers with q/k/v/o projections and RoPE
-MAX_STOP_IDS = 4  # stop token ids per sequence (a termination's stop strings plus EOS); one column each per slot
 
 
 class GenerationBackend(Protocol):
@@ -104,7 +112,8 @@ class EngineSample(StepSample):
 
 # ---- sampling ----------------------------------------------------------------------------------
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
-                  uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  uniform: torch.Tensor | None, *, mode: tuple[bool, bool, bool] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row by inverse-CDF sampling, and its log-probability.
 
     Args:
@@ -112,18 +121,23 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
         temperature: [B]; rows at <= 0 are greedy (argmax, log-prob under the raw softmax).
         top_p: [B] nucleus mass (1 = off): keep the most likely tokens until their mass reaches top_p.
         top_k: [B] long, keep the k most likely tokens (0 = off).
-        uniform: [B] in [0, 1), one draw per row.
+        uniform: [B] in [0, 1), one draw per row (unused, may be None, when every row is greedy).
+        mode: (any row greedy, every row greedy, any row filtered by top-k/top-p) when the caller knows
+            them; otherwise read from the tensors (three device syncs).
     Returns:
         tokens [B] long and log-probs [B] under the (scaled, filtered, renormalised) distribution.
     """
-    greedy = temperature <= 0
-    any_greedy = bool(greedy.any())
-    if any_greedy and bool(greedy.all()):
+    if mode is None:
+        greedy_rows = temperature <= 0
+        mode = bool(greedy_rows.any()), bool(greedy_rows.all()), bool(((top_k > 0) | (top_p < 1)).any())
+    any_greedy, all_greedy, any_filter = mode
+    if all_greedy:
         tokens = logits.argmax(-1)
         return tokens, logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
+    greedy = temperature <= 0 if any_greedy else None                                         # [B]
     scale = torch.where(greedy, torch.ones_like(temperature), temperature) if any_greedy else temperature
     scaled = logits / scale[:, None]                                                          # [B, V]
-    if bool(((top_k > 0) | (top_p < 1)).any()):
+    if any_filter:
         ranked, order = scaled.sort(-1, descending=True)                                        # [B, V]
         rank = torch.arange(ranked.shape[1], device=logits.device)
         drop = (top_k[:, None] > 0) & (rank[None] >= top_k[:, None])
@@ -156,6 +170,32 @@ def sequence_seed(seed: int, prefix_index: int, sample_index: int) -> int:
 _MASK64 = (1 << 64) - 1
 
 
+def _plain_rust_tokenizer(tokenizer):
+    """A private copy of a fast tokenizer's Rust tokenizer, when calling it directly gives what the HF wrapper does.
+
+    A search makes many small calls, and the wrapper's per-call work costs several times the encode of a
+    short prefix. The wrapper also sets padding and truncation on its Rust tokenizer per call, so the copy
+    (with neither) is what ours reads. None, and the wrapper is used, when the tokenizer class overrides
+    encoding or decoding, splits special tokens, or cleans up decoded text.
+    """
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    if not isinstance(tokenizer, TokenizersBackend) or tokenizer.clean_up_tokenization_spaces \
+            or getattr(tokenizer, "split_special_tokens", False):
+        return None
+    overridden = [m for m in ("__call__", "_encode_plus", "decode", "_decode")
+                  if getattr(type(tokenizer), m) is not getattr(TokenizersBackend, m)]
+    if overridden:
+        return None
+    rust = copy.deepcopy(tokenizer.backend_tokenizer)
+    rust.no_padding()
+    rust.no_truncation()
+    rust.encode_special_tokens = False
+    return rust
+
+
 # ---- prefix cache ------------------------------------------------------------------------------
 class _Node:
     __slots__ = ("tokens", "kv", "children", "parent", "tick", "alive")
@@ -169,7 +209,7 @@ class _Node:
         self.alive = True
 
 
-def _common_prefix(edge: tuple[int, ...], ids: list[int], start: int, stop: int) -> int:
+def _common_prefix(edge: tuple[int, ...], ids: tuple[int, ...], start: int, stop: int) -> int:
     """Number of leading tokens that edge shares with ids[start:stop]."""
     n = min(len(edge), stop - start)
     i = 0
@@ -202,12 +242,14 @@ class PrefixCache:
         if self.max_tokens <= 0:
             return [], 0
         tick = next(self._tick)
+        ids = tuple(ids[:limit])    # tuples, like the edges: a whole-edge match is one slice comparison
         node, i, path = self.root, 0, []
         while i < limit:
             child = node.children.get(ids[i])
             if child is None:
                 break
-            n = _common_prefix(child.tokens, ids, i, limit)
+            edge = child.tokens
+            n = len(edge) if ids[i:i + len(edge)] == edge else _common_prefix(edge, ids, i, limit)
             path.append((child, n))
             self._touch(child, tick)
             i += n
@@ -224,18 +266,21 @@ class PrefixCache:
         if self.max_tokens <= 0 or not ids:
             return
         tick = next(self._tick)
-        node, i = self.root, 0
-        while i < len(ids):
+        ids = tuple(ids)            # tuples, like the edges: a whole-edge match is one slice comparison
+        node, i, end = self.root, 0, len(ids)
+        while i < end:
             child = node.children.get(ids[i])
             if child is None:
-                leaf = _Node(tuple(ids[i:]), kv_of(i, len(ids)), node)
+                leaf = _Node(ids[i:], kv_of(i, end), node)
                 node.children[ids[i]] = leaf
                 self.tokens += len(leaf.tokens)
                 self.nodes += 1
                 self._touch(leaf, tick)
                 break
-            n = _common_prefix(child.tokens, ids, i, len(ids))
-            if n < len(child.tokens):
+            edge = child.tokens
+            n = len(edge)
+            if ids[i:i + n] != edge:    # ids diverge from the edge or end inside it: split it there
+                n = _common_prefix(edge, ids, i, end)
                 child = self._split(child, n)
             self._touch(child, tick)
             node, i = child, i + n
@@ -290,12 +335,12 @@ class _Seq:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
-    uniforms: torch.Tensor | None = None    # [max_new] draws for inverse-CDF sampling
+    uniforms: list[float] | None = None     # max_new draws for inverse-CDF sampling; None when greedy
     score_from: int = 0                     # >= 1: return logits predicting prompt[score_from:] and one more
-    # results
+    # results; tokens and logprob grow by one token per decode step
     tokens: list[int] = field(default_factory=list)
     logprob: float = 0.0
-    finished: bool = False
+    finished: bool = False                  # stopped at a stop token (not at max_new)
     logits: torch.Tensor | None = None      # score requests: [len(prompt) - score_from + 1, V]
     done: bool = False
     error: BaseException | None = None
@@ -307,7 +352,7 @@ class _Step:
     """One step generated over rounds (with a termination): its current request and what the rounds gave."""
     seq: _Seq                               # the current round's request
     prompt: list[int]                       # the step's prefix
-    uniforms: torch.Tensor | None           # [max_new] draws for the whole step; a round takes the rest
+    uniforms: list[float] | None            # max_new draws for the whole step; a round takes the rest
     tokens: list[int] = field(default_factory=list)       # every token of the step so far
     starts: list[int] = field(default_factory=list)       # index in tokens where each round starts
     logprobs: list[float] = field(default_factory=list)   # each round's summed log-prob
@@ -390,23 +435,22 @@ class Engine:
         self.head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
         self.dtype = next(model.parameters()).dtype
 
-        # slot state; active sequences are in slots 0..n-1
+        # slot state; active sequences are in slots 0..n-1. What the forward and the sampler read lives in
+        # two packed tensors (one copy each moves a slot); what only the bookkeeping reads (generated
+        # tokens, log-prob, stops, caps, uniforms) lives on the _Seq, in Python: one small sync per step
+        # instead of tensor ops per sequence.
         S = max_batch_size
         self._kv: torch.Tensor | None = None       # [L, 2, S, Hkv, T, D]
         self._rows: list[_Seq] = []                # the sequence in each active slot
         z = dict(device=self.device)
-        self._lens = torch.zeros(S, dtype=torch.long, **z)       # tokens whose KV is in the slot
-        self._next = torch.zeros(S, dtype=torch.long, **z)       # last sampled token, input of the next decode
-        self._steps = torch.zeros(S, dtype=torch.long, **z)      # tokens generated so far
-        self._max_new = torch.zeros(S, dtype=torch.long, **z)
-        self._temp = torch.zeros(S, **z)
-        self._top_p = torch.ones(S, **z)
-        self._top_k = torch.zeros(S, dtype=torch.long, **z)
-        self._logprob = torch.zeros(S, dtype=torch.float64, **z)
-        self._stop = torch.full((S, MAX_STOP_IDS), -1, dtype=torch.long, **z)   # stop ids per slot, -1 = none
-        self._unif = torch.zeros(S, 0, **z)                      # [S, U] per-step uniforms
-        self._out = torch.zeros(S, 0, dtype=torch.long, **z)     # [S, U] generated tokens
+        self._ints = torch.zeros(3, S, dtype=torch.long, **z)
+        self._lens, self._next, self._top_k = self._ints         # [S] views: tokens whose KV is in the slot (the
+        #                                                          position of the next input), next input, top-k
+        self._floats = torch.zeros(2, S, **z)
+        self._temp, self._top_p = self._floats                   # [S] views
+        self._mode: tuple[bool, bool, bool] | None = None        # sample_tokens mode of the rows; None = stale
         self._slot_ids = torch.arange(S, **z)
+        self._positions = torch.arange(0, **z)                   # [T] 0..T-1, for visibility masks
 
         # callers and the decode loop
         self._lock = threading.Lock()
@@ -415,6 +459,7 @@ class Engine:
         self._waiting: list[_Seq] = []
         self._driving = False
         self._tok_lock = threading.Lock()   # HF fast tokenizers are not safe to share across threads
+        self._rust_tokenizer = _plain_rust_tokenizer(tokenizer)
         self.counters = dict(requests=0, generated_tokens=0, prefill_tokens=0, forward_passes=0, steps=0,
                              max_batch=0, shared_prompt_copies=0)
 
@@ -497,7 +542,16 @@ class Engine:
     # ---- requests ------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> list[list[int]]:
         with self._tok_lock:
+            if self._rust_tokenizer is not None:
+                return [self._rust_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
             return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+    def _text(self, ids: list[int]) -> str:
+        """Decoded text of token ids, EOS dropped (lock held)."""
+        ids = [t for t in ids if t != self.eos_id]
+        if self._rust_tokenizer is not None:
+            return self._rust_tokenizer.decode(ids, skip_special_tokens=False)
+        return self.tokenizer.decode(ids)
 
     def _requests(self, prefixes, n, stop, temperature, max_new_tokens, seed, top_p, top_k) -> list[list[_Seq]]:
         """n requests per prefix, each with its own uniforms drawn from (seed, prefix index, sample index)."""
@@ -517,7 +571,7 @@ class Engine:
                 u = None
                 if not greedy and max_new_tokens > 0:
                     g = torch.Generator().manual_seed(sequence_seed(seed, i, j))
-                    u = torch.rand(max_new_tokens, generator=g)
+                    u = torch.rand(max_new_tokens, generator=g).tolist()   # read one per step, in Python
                 row.append(_Seq(prompt=ids, max_new=max_new_tokens, stop=stop, temperature=float(temperature),
                                 top_p=float(top_p), top_k=int(top_k), uniforms=u))
             grid.append(row)
@@ -527,7 +581,7 @@ class Engine:
         grid = self._requests(prefixes, n, stop, temperature, max_new_tokens, seed, top_p, top_k)
         self._run([s for row in grid if row for s in row])
         with self._tok_lock:
-            return [[EngineSample(text=self.tokenizer.decode([t for t in s.tokens if t != self.eos_id]),
+            return [[EngineSample(text=self._text(s.tokens),
                                   num_tokens=len(s.tokens), logprob=s.logprob, finished=s.finished,
                                   token_ids=tuple(s.tokens)) for s in row]
                     for row in grid]
@@ -544,11 +598,7 @@ class Engine:
             if not toks:
                 raise ValueError(f"the engine's tokenizer encodes stop string {stop!r} as no tokens")
             ids.append(toks[-1])
-        ids = tuple(dict.fromkeys(ids + [self.eos_id]))
-        if len(ids) > MAX_STOP_IDS:
-            raise ValueError(f"termination {type(termination).__name__} needs {len(ids)} stop tokens with EOS; "
-                             f"the engine holds {MAX_STOP_IDS} per sequence")
-        return ids
+        return tuple(dict.fromkeys(ids + [self.eos_id]))
 
     def _generate_terminated(self, prefixes, n, termination: Termination, temperature, max_new_tokens, seed, top_p,
                              top_k) -> list[list[StepSample]]:
@@ -571,7 +621,7 @@ class Engine:
                 st.logprobs.append(seq.logprob)
                 st.tokens += seq.tokens
                 with self._tok_lock:
-                    text = self.tokenizer.decode([t for t in st.tokens if t != self.eos_id])
+                    text = self._text(st.tokens)
                 stopped = seq.finished and seq.tokens[-1] != self.eos_id  # at a stop token, not EOS
                 if stopped and termination.ends(text):
                     out[i] = self._cut(st, termination, text)
@@ -599,7 +649,7 @@ class Engine:
         keep, logprob = len(st.tokens), 0.0
         with self._tok_lock:
             for r, start in enumerate(st.starts):
-                if r and len(self.tokenizer.decode([t for t in st.tokens[:start] if t != self.eos_id])) >= len(step):
+                if r and len(self._text(st.tokens[:start])) >= len(step):
                     keep = start
                     break
                 logprob += st.logprobs[r]
@@ -687,76 +737,123 @@ class Engine:
             self._rows, self._waiting = [], []
 
     # ---- the decode loop ---------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still counts versions and tracks views)
     def _step(self) -> None:
         """Admit waiting requests into free slots, decode one token for every active sequence, retire the finished."""
-        n_old = len(self._rows)
         with self._lock:
-            free = self.max_batch_size - n_old
+            free = self.max_batch_size - len(self._rows)
             admitted, self._waiting = self._waiting[:free], self._waiting[free:]
-        pre = self._place(admitted) if admitted else None
-        dec_logits, pre_logits = self._compute(n_old, pre)
+        pre = self._admit(admitted) if admitted else None
+        n_dec = len(self._rows)   # rows that feed one token: the active ones and admitted ones with one to encode
+        dec_logits, pre_logits = self._compute(n_dec, pre)
         parts = []
-        if n_old:
-            self._lens[:n_old] += 1
+        if n_dec:
+            self._lens[:n_dec] += 1
             parts.append(dec_logits)
         if pre is not None:
             first = self._settle(pre, pre_logits)
             if first is not None:
                 parts.append(first)
-        n = len(self._rows)
+        rows = self._rows
+        n = len(rows)
         if not n:
             return
         logits = parts[0] if len(parts) == 1 else torch.cat(parts)                    # [n, V]
-        steps = self._steps[:n]
-        u = self._unif[self._slot_ids[:n], steps]                                     # [n]
-        tok, lp = sample_tokens(logits.float(), self._temp[:n], self._top_p[:n], self._top_k[:n], u)
-        self._out[self._slot_ids[:n], steps] = tok
-        self._logprob[:n] += lp
-        self._steps[:n] += 1
+        if self._mode is None:   # recomputed only when the rows change
+            greedy = [s.temperature <= 0 for s in rows]
+            self._mode = any(greedy), all(greedy), any(s.top_k > 0 or s.top_p < 1 for s in rows)
+        u = None
+        if not self._mode[1]:
+            u = torch.tensor([0.0 if s.uniforms is None else s.uniforms[len(s.tokens)] for s in rows],
+                             device=self.device)                                          # [n]
+        tok, lp = sample_tokens(logits.float(), self._temp[:n], self._top_p[:n], self._top_k[:n], u, mode=self._mode)
         self._next[:n] = tok
-        stopped = (tok[:, None] == self._stop[:n]).any(1)                               # [n]
-        done = stopped | (self._steps[:n] >= self._max_new[:n])
+        done = []
+        for i, (s, t, logp) in enumerate(zip(rows, tok.tolist(), lp.tolist())):
+            s.tokens.append(t)
+            s.logprob += logp   # Python floats: float64 sums of the float32 log-probs
+            if t in s.stop or len(s.tokens) >= s.max_new:
+                done.append(i)
         self.counters["steps"] += 1
         self.counters["generated_tokens"] += n
         self.counters["max_batch"] = max(self.counters["max_batch"], n)
-        if bool(done.any()):
-            self._retire(done.nonzero().flatten().tolist(), stopped)
+        if done:
+            self._retire(done)
 
-    def _place(self, seqs: list[_Seq]) -> _Prefill:
+    def _admit(self, seqs: list[_Seq]) -> _Prefill | None:
         """Give admitted seqs slots and the KV of their longest cached prefix; say what is left to encode.
 
-        Generating seqs take slots after the active ones (prompt leaders first, then siblings with the same
-        prompt, which copy the leader's KV after the prefill); scoring seqs borrow slots past those.
+        A generating prompt cached up to its last token (the usual case in a search: a child's prompt is
+        its parent's retired sequence, cached, plus the stop token sampled last) has one token to encode,
+        which is what a decode step does: its seqs join the active rows at once (siblings copy the KV) and
+        decode that token with them, no prefill. The other generating prompts become prefill rows, one per
+        distinct prompt (its siblings copy the leader's KV after the prefill), and so do scoring seqs.
+        Slots: the active rows, the direct rows, prefill leaders, their siblings; scoring seqs borrow slots
+        past those.
+
+        Returns:
+            The prefill rows, or None when there are none.
         """
         gen = [s for s in seqs if s.score_from == 0]
         scores = [s for s in seqs if s.score_from > 0]
-        leaders: dict[tuple[int, ...], _Seq] = {}
-        members: list[_Seq] = []
+        groups: dict[tuple[int, ...], list[_Seq]] = {}
         for s in gen:
-            key = tuple(s.prompt)
-            if key in leaders:
-                members.append(s)
-            else:
-                leaders[key] = s
+            groups.setdefault(tuple(s.prompt), []).append(s)
+        self._ensure_capacity(max([len(s.prompt) + s.max_new for s in gen] + [len(s.prompt) for s in scores]))
+        direct, prefill = [], []
+        for group in groups.values():
+            p = group[0].prompt
+            path, m = self.cache.match(p, len(p) - 1)   # the last token is always encoded: its logits are needed
+            (direct if m == len(p) - 1 else prefill).append((group, path, m))
+        slot = len(self._rows)
+        seated = []
+        for group, path, m in direct:
+            self._copy_path(slice(slot, slot + len(group)), path)   # into the slots of the whole group at once
+            self.counters["shared_prompt_copies"] += len(group) - 1
+            seated += group
+            slot += len(group)
+        if seated:
+            self._seat(seated, [len(s.prompt) - 1 for s in seated], [s.prompt[-1] for s in seated])
+            self.counters["prefill_tokens"] += len(seated)
+        if not prefill and not scores:
+            return None
+
+        leaders = {tuple(group[0].prompt): group[0] for group, _, _ in prefill}
+        members = [s for group, _, _ in prefill for s in group[1:]]
         rows = list(leaders.values()) + scores          # rows of the prefill
         order = list(leaders.values()) + members        # slot order of the generating seqs
-        n0 = len(self._rows)
-        slots = {id(s): n0 + k for k, s in enumerate(order + scores)}
-        need_t = max([len(s.prompt) + s.max_new for s in gen] + [len(s.prompt) for s in scores])
-        self._ensure_capacity(need_t, max([s.max_new for s in gen], default=0))
+        slots = {id(s): slot + k for k, s in enumerate(order + scores)}
         lens, first = [], []
-        for s in rows:
-            need = (s.score_from if s.score_from else len(s.prompt)) - 1   # first position whose logits we need
-            path, m = self.cache.match(s.prompt, need)                     # so at least that one is recomputed
-            slot, off = slots[id(s)], 0
-            for node, used in path:
-                self._kv[:, :, slot, :, off:off + used] = node.kv[:, :, :, :used]
-                off += used
+        for group, path, m in prefill:
+            at = slots[id(group[0])]
+            self._copy_path(slice(at, at + 1), path)
+            lens.append(m)
+            first.append(len(group[0].prompt) - 1 - m)
+        for s in scores:
+            need = s.score_from - 1                     # first position whose logits we need
+            path, m = self.cache.match(s.prompt, need)  # so at least that one is recomputed
+            at = slots[id(s)]
+            self._copy_path(slice(at, at + 1), path)
             lens.append(m)
             first.append(need - m)
         return _Prefill(rows=rows, slots=[slots[id(s)] for s in rows], lens=lens, first=first, leaders=leaders,
                         members=members, order=order, scores=scores, slot_of=slots)
+
+    def _copy_path(self, slots: slice, path: list[tuple[_Node, int]]) -> None:
+        """Copy the KV of a matched prefix-cache path into positions 0.. of each of a run of slots."""
+        off = 0
+        for node, used in path:
+            self._kv[:, :, slots, :, off:off + used] = node.kv[:, :, None, :, :used]   # [L, 2, 1, Hkv, used, D]
+            off += used
+
+    def _seat(self, seqs: list[_Seq], lens: list[int], nexts: list[int]) -> None:
+        """Append seqs to the active rows (the next slots) with their KV lengths and next input tokens."""
+        n0 = len(self._rows)
+        sl = slice(n0, n0 + len(seqs))
+        self._ints[:, sl] = torch.tensor([lens, nexts, [s.top_k for s in seqs]])
+        self._floats[:, sl] = torch.tensor([[s.temperature for s in seqs], [s.top_p for s in seqs]])
+        self._rows.extend(seqs)
+        self._mode = None
 
     def _settle(self, pre: _Prefill, logits: torch.Tensor) -> torch.Tensor | None:
         """After the prefill: cache the prompts, answer scoring seqs, seat the generating ones.
@@ -793,79 +890,52 @@ class Engine:
         leader_row = {key: r for r, key in enumerate(pre.leaders)}
         first_logits = logits[torch.tensor([spans[leader_row[tuple(s.prompt)]][0] for s in order],
                                            device=self.device)]                               # [g, V]
-        n0 = len(self._rows)
-        sl = slice(n0, n0 + len(order))
-        self._lens[sl] = torch.tensor([len(s.prompt) for s in order])
-        self._steps[sl] = 0
-        self._max_new[sl] = torch.tensor([s.max_new for s in order])
-        self._temp[sl] = torch.tensor([s.temperature for s in order])
-        self._top_p[sl] = torch.tensor([s.top_p for s in order])
-        self._top_k[sl] = torch.tensor([s.top_k for s in order])
-        self._logprob[sl] = 0
-        self._stop[sl] = torch.tensor([(list(s.stop) + [-1] * MAX_STOP_IDS)[:MAX_STOP_IDS] for s in order])
-        for k, s in enumerate(order):
-            if s.uniforms is not None:
-                self._unif[n0 + k, :s.max_new] = s.uniforms.to(self.device)
-        self._rows.extend(order)
+        self._seat(order, [len(s.prompt) for s in order], [0] * len(order))   # next input: set once sampled
         return first_logits
 
-    def _retire(self, done: list[int], stopped: torch.Tensor) -> None:
-        """Finish the sequences in rows `done`, cache their KV, and refill the holes from the end."""
-        idx = torch.tensor(done, device=self.device)
-        steps = self._steps[idx].tolist()
-        outs = self._out[idx].tolist()
-        logprobs = self._logprob[idx].tolist()
-        ends = stopped[idx].tolist()
-        for k, i in enumerate(done):
-            s = self._rows[i]
-            s.tokens = outs[k][:steps[k]]
-            s.logprob = logprobs[k]
-            s.finished = ends[k]
+    def _retire(self, done: list[int]) -> None:
+        """Finish the sequences in rows `done` (ascending), cache their KV, and refill the holes from the end."""
+        rows = self._rows
+        for i in done:
+            s = rows[i]
+            s.finished = s.tokens[-1] in s.stop
             # KV exists for the prompt and every generated token but the last (sampled, never fed back)
             self._cache_prefix(i, s.prompt + s.tokens[:-1])
-        n = len(self._rows)
+        n = len(rows)
         keep = n - len(done)
         gone = set(done)
         holes = [i for i in done if i < keep]
         movers = [j for j in range(keep, n) if j not in gone]
         with self._lock:
-            self._finish([self._rows[i] for i in done])
-            if holes:
-                for h, m in zip(holes, movers):
-                    self._rows[h] = self._rows[m]
-            self._rows = self._rows[:keep]
+            self._finish([rows[i] for i in done])
+            for h, m in zip(holes, movers):
+                rows[h] = rows[m]
+            del rows[keep:]
+        self._mode = None
         if holes:
             h = torch.tensor(holes, device=self.device)
             m = torch.tensor(movers, device=self.device)
-            for t in (self._lens, self._next, self._steps, self._max_new, self._temp, self._top_p, self._top_k,
-                      self._logprob, self._stop, self._unif, self._out):
-                t[h] = t[m]
-            tm = int(self._lens[h].max())
+            self._ints[:, h] = self._ints[:, m]
+            self._floats[:, h] = self._floats[:, m]
+            tm = max(len(rows[i].prompt) + len(rows[i].tokens) - 1 for i in holes)   # KV length of the movers
             self._kv[:, :, h, :, :tm] = self._kv[:, :, m, :, :tm]
 
     def _cache_prefix(self, slot: int, ids: list[int]) -> None:
         self.cache.insert(ids, lambda a, b: self._kv[:, :, slot, :, a:b].clone())
 
-    def _ensure_capacity(self, t: int, u: int) -> None:
-        """Grow the KV buffer to at least t positions and the per-slot step buffers to u steps."""
-        S, dev = self.max_batch_size, self.device
+    def _ensure_capacity(self, t: int) -> None:
+        """Grow the KV buffer to at least t positions."""
         if self._kv is None or self._kv.shape[4] < t:
             old = 0 if self._kv is None else self._kv.shape[4]
             cap = max(-(-t // 64) * 64, old + old // 4)   # whole blocks of 64; grow by >= 1/4 to limit copies
             # zeros, not empty: masked positions still enter q @ k (times a -inf mask), and NaN * 0 is NaN
-            kv = torch.zeros(self.num_layers, 2, S, self.kv_heads, cap, self.head_dim, dtype=self.dtype, device=dev)
+            kv = torch.zeros(self.num_layers, 2, self.max_batch_size, self.kv_heads, cap, self.head_dim,
+                             dtype=self.dtype, device=self.device)
             if self._kv is not None:
                 kv[:, :, :, :, :self._kv.shape[4]] = self._kv
             self._kv = kv
-            self._k = [kv[i, 0] for i in range(self.num_layers)]   # [S, Hkv, T, D] views, one per layer
-            self._v = [kv[i, 1] for i in range(self.num_layers)]
-        if self._unif.shape[1] < u:
-            cap = max(u, 2 * self._unif.shape[1])
-            unif = torch.zeros(S, cap, device=dev)
-            out = torch.zeros(S, cap, dtype=torch.long, device=dev)
-            unif[:, :self._unif.shape[1]] = self._unif
-            out[:, :self._out.shape[1]] = self._out
-            self._unif, self._out = unif, out
+            self._kv_layers = list(kv)   # [2, S, Hkv, T, D] views, one per layer
+            self._positions = torch.arange(cap, device=self.device)
 
     # ---- the forward pass ------------------------------------------------------------------------
     def _compute(self, n_dec: int, pre: _Prefill | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -956,13 +1026,12 @@ class Engine:
         hq, hkv, d = w.q_heads, self.kv_heads, self.head_dim
         toks, poss, slot_of_tok = [], [], []
         if n_dec:
-            lens_d = self._lens[:n_dec]
+            lens_d = self._lens[:n_dec]                                                # [n_dec] input positions
             toks.append(self._next[:n_dec])
             poss.append(lens_d)
             slot_of_tok.append(self._slot_ids[:n_dec])
             tk_d = int(lens_d.max()) + 1
-            vis_d = (torch.arange(tk_d, device=dev) <= lens_d[:, None])[:, None, None]   # [n_dec, 1, 1, tk_d]
-            mask_d = torch.where(vis_d, 0.0, float("-inf")).to(self.dtype)
+            mask_d = (self._positions[:tk_d] <= lens_d[:, None])[:, None, None]        # [n_dec, 1, 1, tk_d] bool
         if pre is not None:
             ids, slots_p, lens_p, qlens_p, (pick_r, pick_c) = pre
             P, Q = ids.shape
@@ -982,22 +1051,22 @@ class Engine:
         N = tok.shape[0]
         x = F.embedding(tok, w.embed)                                                  # [N, H]
         top = max(tk_d if n_dec else 0, tk_p + Q if pre is not None else 0)         # > every position
-        cos, sin = w.rope(pos, top)                                                    # [N, 1, D]
+        cos, sin = w.rope(pos, top)                                                    # [N, 1, D], sin signed
         for i, lw in enumerate(w.layers):
             h = F.rms_norm(x, w.norm_shape, lw.ln1, lw.eps1)
-            qkv = F.linear(h, lw.qkv, lw.qkv_b).view(N, hq + 2 * hkv, d)               # [N, Hq + 2Hkv, D]
-            if lw.q_norm is None:
-                qk = qkv[:, :hq + hkv]
-                qk = qk * cos + _rotate_half(qk) * sin                                 # [N, Hq + Hkv, D]
-                q, k = qk[:, :hq], qk[:, hq:]
-            else:  # qwen3: RMSNorm over each head of q and k before RoPE
-                q = F.rms_norm(qkv[:, :hq], (d,), lw.q_norm, lw.qk_eps)
-                k = F.rms_norm(qkv[:, hq:hq + hkv], (d,), lw.k_norm, lw.qk_eps)
-                q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-            v = qkv[:, hq + hkv:]                                                      # [N, Hkv, D]
-            keys, values = self._k[i], self._v[i]                                      # [S, Hkv, T, D] each
-            keys[slot, :, pos] = k
-            values[slot, :, pos] = v
+            y = F.linear(h, lw.qkv, lw.qkv_b)                                          # [N, (Hq + 2Hkv) D]: q, k, v
+            qk = y[:, :(hq + hkv) * d].view(N, hq + hkv, d)                            # q and k heads
+            if lw.qk_norm is not None:  # qwen3: RMSNorm over each head of q and k before RoPE
+                qk.copy_(F.rms_norm(qk, (d,), eps=lw.qk_eps) * lw.qk_norm)
+            # RoPE in place, in 3 ops: rotate_half(x) = [-x2, x1] is [x2, x1] (the halves swapped) times a
+            # sign that the sin table carries
+            swapped = qk.view(N, hq + hkv, 2, d // 2).flip(2).view(N, hq + hkv, d)   # [N, Hq + Hkv, D]
+            qk.mul_(cos).addcmul_(swapped, sin)
+            q = y[:, :hq * d].view(N, hq, d)                                           # [N, Hq, D]
+            kv = self._kv_layers[i]                                                    # [2, S, Hkv, T, D]
+            # one write for k and v (adjacent in y); the indexed dims go first: [N, 2, Hkv, D]
+            kv[:, slot, :, pos] = y[:, hq * d:(hq + 2 * hkv) * d].view(N, 2, hkv, d)
+            keys, values = kv[0], kv[1]                                                # [S, Hkv, T, D] each
             outs = []
             if n_dec:
                 o = F.scaled_dot_product_attention(q[:n_dec, :, None], keys[:n_dec, :, :tk_d], values[:n_dec, :, :tk_d],
@@ -1009,10 +1078,10 @@ class Engine:
                                                    attn_mask=mask_p, scale=lw.scaling, enable_gqa=hq != hkv)
                 outs.append(o.transpose(1, 2)[real].reshape(-1, hq * d))               # [Np, Hq D]
             o = torch.cat(outs) if len(outs) > 1 else outs[0]                          # [N, Hq D]
-            x = x + F.linear(o, lw.o, lw.o_b)
+            x = _add_linear(x, o, lw.o_t, lw.o_b)
             h = F.rms_norm(x, w.norm_shape, lw.ln2, lw.eps2)
             gate, up = F.linear(h, lw.gate_up, lw.gate_up_b).chunk(2, dim=-1)         # [N, I] each
-            x = x + F.linear(lw.act(gate) * up, lw.down, lw.down_b)
+            x = _add_linear(x, lw.act(gate) * up, lw.down_t, lw.down_b)
         if pre is None:
             return w.logits(x), None
         logits = w.logits(torch.cat([x[:n_dec], x[picked]]) if n_dec else x[picked])
@@ -1025,17 +1094,16 @@ class _LayerWeights:
     eps1: float
     qkv: torch.Tensor                  # [(Hq + 2 Hkv) D, H]: q, k and v projections stacked
     qkv_b: torch.Tensor | None
-    q_norm: torch.Tensor | None        # qwen3 per-head norms
-    k_norm: torch.Tensor | None
+    qk_norm: torch.Tensor | None       # qwen3 per-head norms: [Hq + Hkv, D], q's weight per q head, k's per k head
     qk_eps: float
     scaling: float
-    o: torch.Tensor
+    o_t: torch.Tensor                  # [Hq D, H]: o projection, transposed for addmm (a view)
     o_b: torch.Tensor | None
     ln2: torch.Tensor
     eps2: float
     gate_up: torch.Tensor              # [2I, H]: gate and up projections stacked
     gate_up_b: torch.Tensor | None
-    down: torch.Tensor
+    down_t: torch.Tensor               # [I, H], transposed like o_t
     down_b: torch.Tensor | None
     act: Callable[[torch.Tensor], torch.Tensor]
 
@@ -1087,36 +1155,42 @@ class _FastWeights:
         self.norm_shape = (self.embed.shape[1],)
         self.q_heads = cfg.num_attention_heads
         self.layers = []
+        hq = self.q_heads
+        hkv = getattr(cfg, "num_key_value_heads", None) or hq
         with torch.no_grad():
             for layer in mm.layers:
                 a, m = layer.self_attn, layer.mlp
+                qk_norm = hasattr(a, "q_norm")
                 self.layers.append(_LayerWeights(
                     ln1=layer.input_layernorm.weight.detach(), eps1=layer.input_layernorm.variance_epsilon,
                     qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
                     qkv_b=_cat_bias(a.q_proj, a.k_proj, a.v_proj),
-                    q_norm=a.q_norm.weight.detach() if hasattr(a, "q_norm") else None,
-                    k_norm=a.k_norm.weight.detach() if hasattr(a, "k_norm") else None,
-                    qk_eps=a.q_norm.variance_epsilon if hasattr(a, "q_norm") else 0.0,
+                    qk_norm=torch.cat([a.q_norm.weight.expand(hq, -1), a.k_norm.weight.expand(hkv, -1)])
+                    if qk_norm else None,
+                    qk_eps=a.q_norm.variance_epsilon if qk_norm else 0.0,
                     scaling=a.scaling,
-                    o=a.o_proj.weight.detach(), o_b=_bias(a.o_proj),
+                    o_t=a.o_proj.weight.detach().t(), o_b=_bias(a.o_proj),
                     ln2=layer.post_attention_layernorm.weight.detach(),
                     eps2=layer.post_attention_layernorm.variance_epsilon,
                     gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
                     gate_up_b=_cat_bias(m.gate_proj, m.up_proj),
-                    down=m.down_proj.weight.detach(), down_b=_bias(m.down_proj),
+                    down_t=m.down_proj.weight.detach().t(), down_b=_bias(m.down_proj),
                     act=act))
         self.rotary = mm.rotary_emb
         self.cos = self.sin = None
 
     def rope(self, pos: torch.Tensor, need: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [..., 1, D] for positions [...] (all < need), from tables when the RoPE kind allows."""
+        """cos and signed sin [..., 1, D] for positions [...] (all < need), from tables when the RoPE kind allows.
+
+        The sin's first half is negated: x cos + swap_halves(x) sin is then HF's x cos + rotate_half(x) sin.
+        """
         if getattr(self.rotary, "rope_type", "default") not in self.STATIC_ROPE:
             cos, sin = self.rotary(self.embed[:1], pos[None])                  # [1, ..., D]
-            return cos[0].unsqueeze(-2), sin[0].unsqueeze(-2)
+            return cos[0].unsqueeze(-2), _sign_halves(sin[0]).unsqueeze(-2)
         if self.cos is None or self.cos.shape[0] < need:
             n = max(need, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
             cos, sin = self.rotary(self.embed[:1], torch.arange(n, device=pos.device)[None])   # [1, n, D]
-            self.cos, self.sin = cos[0], sin[0]
+            self.cos, self.sin = cos[0], _sign_halves(sin[0])
         return self.cos[pos].unsqueeze(-2), self.sin[pos].unsqueeze(-2)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -1124,6 +1198,12 @@ class _FastWeights:
         return F.linear(F.rms_norm(hidden, self.norm_shape, self.final_norm, self.final_eps), self.head, self.head_b)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _add_linear(x: torch.Tensor, h: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x + h @ weight_t (+ bias): the residual add fused into the matmul (one addmm) when there is no bias."""
+    return torch.addmm(x, h, weight_t) if bias is None else torch.addmm(x + bias, h, weight_t)
+
+
+def _sign_halves(sin: torch.Tensor) -> torch.Tensor:
+    """[..., D] -> the same with its first half negated (the sign of rotate_half)."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
