@@ -255,3 +255,28 @@ def test_value_critic_stands_in_for_a_missing_prm():
     res, models = run(DECOY_STEPS, None, DECOY_Q, value=ScriptedCritic(DECOY_PRM))
     assert res.popped == [0, 1, 2, 6, 5] and res.answer == "1"
     assert len(models.value.read) == 7
+
+
+# ---- several solutions: three branches, two of them agreeing on a lower-f answer -----------------
+VOTE_STEPS = {P: ["a\n", "b\n", "c\n"], P + "a\n": ["Answer: 2\n"], P + "b\n": ["Answer: 1\n"],
+              P + "c\n": ["Answer: 1\n"]}
+VOTE_PRM = {P + "a\n": 0.9, P + "a\nAnswer: 2\n": 0.9, P + "b\n": 0.6, P + "b\nAnswer: 1\n": 0.6,
+            P + "c\n": 0.5, P + "c\nAnswer: 1\n": 0.5}
+VOTE_Q = {k: 0.5 for k in VOTE_PRM}
+
+
+def test_more_solutions_pop_the_next_terminals_in_f_order_and_vote_by_f():
+    # lam = 0: f = g = min PRM. Pops: root, a (0.9), Answer: 2 (0.9), b (0.6), Answer: 1 (0.6), c, Answer: 1 (0.5)
+    first, _ = run(VOTE_STEPS, VOTE_PRM, VOTE_Q, lam=0.0)
+    assert first.popped == [0, 1, 4] and first.answer == "2"
+    more, _ = run(VOTE_STEPS, VOTE_PRM, VOTE_Q, lam=0.0, solutions=3)
+    assert more.popped == [0, 1, 4, 2, 5, 3, 6]
+    assert more.answer == "2" and more.chosen == 4                 # final="first": still the first popped
+    vote, _ = run(VOTE_STEPS, VOTE_PRM, VOTE_Q, lam=0.0, solutions=3, final="vote")
+    assert vote.answer == "1" and vote.chosen == 5                 # 1 holds 0.6 + 0.5 > 0.9; its best-f terminal
+    two, _ = run(VOTE_STEPS, VOTE_PRM, VOTE_Q, lam=0.0, solutions=2, final="vote")
+    assert two.popped == [0, 1, 4, 2, 5] and two.answer == "2"     # 0.9 > 0.6
+    with pytest.raises(ValueError, match="solutions"):
+        AStar(solutions=0)
+    with pytest.raises(ValueError, match="final"):
+        AStar(final="best")

@@ -148,3 +148,42 @@ def test_stop_after_enough_terminals_and_final_vote():
         PROBLEM, task, models, Budget(), np.random.default_rng(0))
     assert res.tree.visits[0] == 4        # expand (1) + one visit to each of the 3 terminals, then stop
     assert res.answer == "1"              # answer 1 holds two terminals of one visit each
+
+
+def _widening_models(task):
+    steps = {PROMPT: ["a\n", "b\n", "c\n", "d\n"], PROMPT + "a\n": ["Answer: 1\n"], PROMPT + "b\n": ["Answer: 2\n"],
+             PROMPT + "c\n": ["Answer: 1\n"], PROMPT + "d\n": ["Answer: 1\n"]}
+    return Models(policy=CyclingPolicy(steps), value=TableCritic({}, default=0.5), reward=None)
+
+
+def test_an_exhausted_tree_spends_nothing_without_widening():
+    task = ToyTask()
+    spent = [MCTS(simulations=s, branching=1)(PROBLEM, task, _widening_models(task), Budget(),
+                                              np.random.default_rng(0)).spent.generated_tokens for s in (3, 30)]
+    assert spent[0] == spent[1] == len("a\n") + len("Answer: 1\n")   # after sim 3 only the terminal is revisited
+
+
+def test_widening_samples_at_the_deepest_node_with_draws_left_then_moves_up():
+    task = ToyTask()
+    search = MCTS(simulations=6, branching=1, widen=1, widen_max_draws=3)
+    t = search(PROBLEM, task, _widening_models(task), Budget(), np.random.default_rng(0)).tree
+    # sims 1-3: root -> a -> "Answer: 1" (scored). Sims 4-5 revisit it: a draws "Answer: 1" twice more,
+    # both merged (a has drawn 3). Sim 6: a is full, so the root draws "b" and the simulation expands it.
+    a = t.children[0][0]
+    assert [t.text[k] for k in t.children[a]] == ["Answer: 1\n"] and t.merged[t.children[a][0]] == 2
+    assert [t.text[k] for k in t.children[0]] == ["a\n", "b\n"]
+    b = t.children[0][1]
+    assert t.expanded[b] and [t.text[k] for k in t.children[b]] == ["Answer: 2\n"]
+    assert t.visits[0] == 6
+
+
+def test_widening_stops_at_the_draw_limit_and_the_candidates_vote():
+    task = ToyTask()
+    res = MCTS(simulations=60, branching=1, widen=1, widen_max_draws=3, final="vote")(
+        PROBLEM, task, _widening_models(task), Budget(), np.random.default_rng(0))
+    t = res.tree
+    assert [t.text[k] for k in t.children[0]] == ["a\n", "b\n", "c\n"]     # the root's 3 draws, none merged
+    assert all(len(t.children[k]) == 1 and t.merged[t.children[k][0]] == 2 for k in t.children[0])
+    assert res.answer == "1"                                               # a and c say 1, b says 2
+    with pytest.raises(ValueError, match="widen"):
+        MCTS(widen=-1)

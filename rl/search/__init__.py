@@ -18,7 +18,8 @@ _CONFIG_NAMES = {
     "beam": {"expand": "beam_expand"},
     "astar": {"top_k": "astar_top_k", "lam": "astar_lam", "g_agg": "astar_g_agg", "g_source": "astar_g_source",
               "max_expansions": "astar_max_expansions", "terminal_h": "astar_terminal_h",
-              "temperature": "astar_temperature"},
+              "temperature": "astar_temperature", "solutions": "astar_solutions",
+              "final": "astar_final"},
 }
 
 __all__ = ["SEARCHES", "AStar", "BestOfN", "Budget", "Greedy", "MCTS", "Models", "Search", "SearchResult",

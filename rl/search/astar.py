@@ -26,7 +26,11 @@ Design choices:
   non-terminal frontier; terminals are then taken in the order they were pushed.
 - Ties in f go to the state pushed first: the heap holds (-f, node id) and node ids
   are handed out in push order.
-- The search stops at the first terminal popped, after max_expansions pops, or, before a
+- The search stops at the first terminal popped (Q*), or with `solutions` = M > 1 once M terminals
+  were popped (the next best solutions in f order, which a larger budget can buy); with final="vote"
+  the popped terminals vote, each for its answer with weight f (the answer's best-f terminal is
+  chosen), with final="first" the first one popped is the answer. It also stops after max_expansions
+  pops, or, before a
   pop, once spent.generated_tokens >= budget.max_tokens (0 = no cap); one batched policy
   call that starts under the cap runs to the end; the root's candidates are always drawn. Without
   a popped terminal the answer is the best open state (the next one A* would pop),
@@ -127,6 +131,8 @@ class AStar:
     # h = 0 at terminals, f = g + lam*h ranks every open non-terminal state above the terminals, so A*
     # pops a terminal only after exhausting the better-scored frontier; "q" puts both on the same scale.
     terminal_h: Literal["zero", "q"] = "zero"
+    solutions: int = 1              # terminals to pop before stopping (1 = Q*'s first terminal)
+    final: Literal["first", "vote"] = "first"   # among the popped terminals: the first, or an f-weighted vote
 
     def __post_init__(self):
         if self.g_agg not in AGGREGATIONS:
@@ -135,7 +141,9 @@ class AStar:
             raise ValueError(f"AStar.terminal_h={self.terminal_h!r}; known: zero, q")
         if self.g_source not in G_SOURCES:
             raise ValueError(f"AStar.g_source={self.g_source!r}; known: {', '.join(G_SOURCES)}")
-        for name in ("top_k", "max_expansions", "max_depth", "step_max_tokens"):
+        if self.final not in ("first", "vote"):
+            raise ValueError(f"AStar.final={self.final!r}; known: first, vote")
+        for name in ("top_k", "max_expansions", "max_depth", "step_max_tokens", "solutions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AStar.{name} must be >= 1, got {getattr(self, name)}")
         if self.lam < 0:
@@ -151,6 +159,7 @@ class AStar:
         self._push(tree, [0], st, task, models, prm, q_critic, spent, rng)
 
         popped: list[int] = []
+        found: list[int] = []  # terminals popped, in pop order
         chosen = None
         while st.heap and len(popped) < self.max_expansions:
             if budget.max_tokens and spent.generated_tokens >= budget.max_tokens:
@@ -159,8 +168,10 @@ class AStar:
             popped.append(node)
             tree.visits[node] = 1  # exports show which states A* expanded; `popped` keeps the order
             if tree.terminal[node]:
-                chosen = node
-                break
+                found.append(node)
+                if len(found) >= self.solutions:
+                    break
+                continue
             candidates = st.candidates.pop(node)  # sampled when node was pushed: its children now
             children = [tree.add_child(node, s.text, logprob=s.logprob, terminal=self._ends(task, s, tree, node))
                         for s, _ in candidates]
@@ -171,6 +182,8 @@ class AStar:
             self._push(tree, children, st, task, models, prm, q_critic, spent, rng)
 
         solution_tail = ""
+        if found:
+            chosen = found[0] if self.final == "first" else self._vote(tree, task, found)
         if chosen is None:
             if st.heap:
                 chosen = st.heap[0][1]  # the best open state: the one A* would pop next
@@ -184,6 +197,23 @@ class AStar:
         return AStarResult(answer=task.extract_answer(solution), solution=solution, tree=tree, chosen=chosen,
                            spent=spent, popped=popped, g=np.array(st.g), h=np.array(st.h), q=np.array(st.q),
                            step_reward=np.array(st.step_reward))
+
+    @staticmethod
+    def _vote(tree: Tree, task: Task, found: list[int]) -> int:
+        """The best-f terminal of the answer with the largest total f over the popped terminals.
+
+        Ties (in total or in f) go to the one popped first; terminals without an answer do not vote.
+        """
+        answers = [task.extract_answer(tree.steps(i)) for i in found]
+        totals: dict[str, float] = {}
+        for i, a in zip(found, answers):
+            if a is not None:
+                totals[a] = totals.get(a, 0.0) + float(tree.evaluation[i])
+        if not totals:
+            return found[0]
+        best = max(totals, key=lambda a: (totals[a], -answers.index(a)))
+        return max((i for i, a in zip(found, answers) if a == best),
+                   key=lambda i: (tree.evaluation[i], -found.index(i)))
 
     def _critics(self, models: Models) -> tuple[object | None, object]:
         """(PRM, or None when g is 0 by construction; Q critic). ValueError naming every missing critic."""

@@ -9,6 +9,11 @@ A node is an option: a step whose end the task's termination function decides
   3. evaluates that node: β_value·V(s) + β_prm·PRM(s) + β_orm·(mean score of fast rollouts),
      or, at a terminal node, the reward (the verifier, when labels are allowed) or the critics,
   4. backs the score up to the root.
+Once every path the policy proposes ends in an answer, simulations only revisit scored terminals and
+spend nothing; with `widen` > 0 such a revisit instead samples `widen` more steps at the deepest node
+on its path that has drawn fewer than `widen_max_draws` steps, so the search keeps turning its token
+budget into new candidates (a simulation whose new samples all merge into known siblings backs up the
+revisited terminal as before). With `final="vote"` those candidates vote.
 With the defaults (fixed width, no merge beyond identical text, V only) this is plain MCTS.
 """
 from __future__ import annotations
@@ -84,6 +89,12 @@ class MCTS:
     step_max_tokens: int = 24
     max_terminals: int = 0                  # stop once this many terminal nodes were visited (0 = off)
     final: Literal["visits", "value", "vote"] = "visits"
+    widen: int = 0                          # steps sampled when a simulation revisits a scored terminal (0 = off)
+    widen_max_draws: int = 12               # steps a node may draw in all (children plus merged samples)
+
+    def __post_init__(self):
+        if self.widen < 0 or self.widen_max_draws < 1:
+            raise ValueError(f"MCTS needs widen >= 0 and widen_max_draws >= 1, got {self.widen}, {self.widen_max_draws}")
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:
@@ -98,6 +109,8 @@ class MCTS:
             if self.max_terminals and int(found.sum()) >= self.max_terminals:
                 break
             node = self._select(tree, task, models, spent, rng, budget)
+            if tree.terminal[node] and self.widen and not np.isnan(tree.evaluation[node]):
+                node = self._widen(tree, node, task, models, spent, rng)  # a new candidate, or node again
             if tree.terminal[node]:
                 score = self._terminal_score(tree, node, problem, models, spent)
             else:
@@ -157,6 +170,25 @@ class MCTS:
             child = tree.add_child(node, s.text, logprob=s.logprob, num_tokens=s.num_tokens, terminal=ended)
             if not ended and tree.depth[child] >= self.max_depth:
                 tree.terminal[child] = True  # out of steps: no answer, the reward scores it 0
+
+    def _draws(self, tree: Tree, node: int) -> int:
+        """Steps sampled at node so far: its children plus the samples merged into them."""
+        return len(tree.children[node]) + int(sum(tree.merged[k] for k in tree.children[node]))
+
+    def _widen(self, tree: Tree, terminal: int, task: Task, models: Models, spent: Spent,
+               rng: np.random.Generator) -> int:
+        """Sample `widen` more steps at the deepest ancestor of a revisited terminal with draws left.
+
+        Returns the first new child (the simulation goes on from it), or the terminal when every ancestor
+        has drawn `widen_max_draws` steps or every new sample merged into a known sibling.
+        """
+        for node in reversed(tree.path(terminal)[:-1]):
+            room = self.widen_max_draws - self._draws(tree, node)
+            if room > 0:
+                before = tree.size
+                self._add_children(tree, node, min(self.widen, room), task, models, spent, rng)
+                return before if tree.size > before else terminal
+        return terminal
 
     def _equivalent_sibling(self, tree: Tree, node: int, text: str) -> int | None:
         for k in tree.children[node]:
