@@ -33,6 +33,11 @@ class NodeExperience:
     terminal_reward: float  # verifier reward at a terminal node; nan otherwise
     policy_version: int
     critic_version: int
+    # the critic scores the search used at this node; nan where it used none
+    evaluation: float = float("nan")   # the node's leaf score (MCTS: beta-mixed V/PRM/rollouts; A*: f)
+    prm: float = float("nan")          # PRM(s)
+    orm: float = float("nan")          # ORM score (MCTS: mean fast-rollout score)
+    q: float = float("nan")            # Q(parent state, this step) (A*)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ def experiences_from_search(problem_id: str, result: SearchResult, *, policy_ver
         id=f"{problem_id}/v{policy_version}/{i}", problem_id=problem_id, node=i, parent=int(tree.parent[i]),
         depth=int(tree.depth[i]), state=tree.state(i), step=tree.text[i], visits=int(tree.visits[i]),
         value=tree.q(i), value_target=float(targets[i]), terminal_reward=float(tree.reward[i]),
-        policy_version=policy_version, critic_version=critic_version) for i in range(1, tree.size)]
+        policy_version=policy_version, critic_version=critic_version, evaluation=float(tree.evaluation[i]),
+        prm=float(tree.prm[i]), orm=float(tree.orm[i]), q=float(tree.step_q[i])) for i in range(1, tree.size)]
     best = best_trajectory(tree)
     traj = None if best is None else Trajectory(
         id=f"{problem_id}/v{policy_version}/traj", problem_id=problem_id, prompt=tree.prompt,

@@ -193,6 +193,8 @@ class AStar:
                 solution_tail = finish_greedily(tree, chosen, models.policy, spent,
                                                 max_new_tokens=self.step_max_tokens * self.max_depth)
         solution = tree.steps(chosen) + solution_tail
+        n = tree.size
+        tree.prm[:n], tree.step_q[:n] = st.step_reward[:n], st.q[:n]  # in the tree too: exports and experience read them
         spent.seconds = time.perf_counter() - t0
         return AStarResult(answer=task.extract_answer(solution), solution=solution, tree=tree, chosen=chosen,
                            spent=spent, popped=popped, g=np.array(st.g), h=np.array(st.h), q=np.array(st.q),

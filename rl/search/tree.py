@@ -19,7 +19,7 @@ def _grow(a: np.ndarray, fill) -> np.ndarray:
 
 # fill value of every per-node array, used when the arrays grow
 _FILLS = {"parent": -1, "depth": 0, "visits": 0, "value_sum": 0.0, "logprob": 0.0, "num_tokens": 0,
-          "evaluation": np.nan, "prm": np.nan, "orm": np.nan, "reward": np.nan, "merged": 0,
+          "evaluation": np.nan, "prm": np.nan, "orm": np.nan, "step_q": np.nan, "reward": np.nan, "merged": 0,
           "terminal": False, "expanded": False}
 
 
@@ -35,6 +35,7 @@ class Tree:
     evaluation: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))       # [N] leaf score when evaluated
     prm: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))              # [N] PRM score, nan if unused
     orm: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))              # [N] mean rollout/ORM score
+    step_q: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))           # [N] Q(parent, step), nan if unused
     reward: np.ndarray = field(default_factory=lambda: np.full(16, np.nan))           # [N] terminal reward, nan if none
     merged: np.ndarray = field(default_factory=lambda: np.zeros(16, np.int32))        # [N] samples merged into node
     terminal: np.ndarray = field(default_factory=lambda: np.zeros(16, bool))          # [N]
@@ -88,7 +89,7 @@ class Tree:
 
         nodes = [{"id": i, "parent": int(self.parent[i]), "depth": int(self.depth[i]), "text": self.text[i],
                   "visits": int(self.visits[i]), "value": self.q(i), "evaluation": num(self.evaluation[i]),
-                  "prm": num(self.prm[i]), "orm": num(self.orm[i]), "reward": num(self.reward[i]),
+                  "prm": num(self.prm[i]), "orm": num(self.orm[i]), "q": num(self.step_q[i]), "reward": num(self.reward[i]),
                   "merged": int(self.merged[i]), "terminal": bool(self.terminal[i]),
                   "logprob": float(self.logprob[i]), "num_tokens": int(self.num_tokens[i])}
                  for i in range(self.size)]
