@@ -6,7 +6,7 @@ import ray
 
 from actors.placement import RolloutPlacement
 from actors.runtime import runtime_env, threads_for
-from rl.config import Config
+from rl.config import Config, ImaginationConfig
 from rl.models.weights import split_models
 from rl.rollout import EvalRecord, RolloutBatch, RolloutWorker
 from rl.tasks import build_task
@@ -107,6 +107,12 @@ class RolloutPool:
     def evaluate(self, problems: list[Problem], method: str, progress=None) -> list[EvalRecord]:
         parts = self._map(problems, lambda a, c: a.evaluate.remote(c, method), progress)
         return [rec for part in parts for rec in part]
+
+    def synthesize(self, seeds: list[Problem], cfg: ImaginationConfig, *, eval_index: frozenset,
+                   seed: int) -> tuple[list[Problem], dict]:
+        """Rewritten prompts from seeds (RolloutWorker.synthesize) by the first actor: every actor holds the
+        same weights, and the batch is small enough for one."""
+        return ray.get(self.actors[0].synthesize.remote(seeds, cfg, eval_index=eval_index, seed=seed))
 
     def join_broadcast(self, addr) -> list:
         """Every actor joins the learner's broadcast group (ranks 1..N); refs to wait on with the sender's join."""

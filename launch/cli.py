@@ -83,13 +83,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_data(args) -> int:
+    from dataclasses import replace
+
     from rl.config import load_config
-    from rl.tasks import TASKS, save_problems
+    from rl.tasks import TASKS, build_task, save_problems
     if args.task not in TASKS:
         raise ValueError(f"--task {args.task!r}: known tasks are {', '.join(TASKS)}")
     # run_dir is required for training only; data generation writes to --out
     cfg = load_config(args.config, [*args.overrides, "run_dir=unused"])
-    problems = TASKS[args.task](cfg.task.arithmetic).generate(args.n, args.seed, args.split)
+    problems = build_task(replace(cfg.task, name=args.task)).generate(args.n, args.seed, args.split)
     save_problems(problems, args.out)
     print(f"wrote {len(problems)} {args.split} problems to {args.out}")
     return 0

@@ -22,7 +22,7 @@ from learners.learner import Learner
 from launch import checkpoint as ckpt
 from launch.tracking import Tracker, format_table, write_summary
 from rl.config import Config, to_dict
-from rl.imagination import Curriculum, arithmetic_config_for
+from rl.imagination import REWRITE_COUNTS, Curriculum, arithmetic_config_for, build_ngram_index
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
@@ -31,6 +31,7 @@ from rl.tasks.base import Problem
 
 BOOTSTRAP_SEED_OFFSET = 10**6   # keeps bootstrap problems apart from the per-round prompt seeds
 EVAL_SEED_OFFSET = 2 * 10**6
+IMAGINATION_SEED_OFFSET = 3 * 10**6  # the rewriting's sampling seeds, apart from the above
 REPLAY_FILE = "replay.jsonl"
 
 
@@ -39,8 +40,14 @@ class Controller:
         self.cfg = cfg
         self.console = console
         self.run_dir = Path(cfg.run_dir)
+        if cfg.imagination.curriculum and cfg.task.name != "arithmetic":
+            raise ValueError(f"imagination.curriculum grows the arithmetic generator; task.name = {cfg.task.name!r} "
+                             "has none (imagination.rewrite synthesizes prompts for language tasks)")
         self.task = build_task(cfg.task)
         self.eval_problems = self._eval_problems()
+        # rewrites that overlap the questions evaluated on are dropped (imagination.max_overlap)
+        self.eval_index = (build_ngram_index([p.question for p in self.eval_problems], cfg.imagination.ngram)
+                           if cfg.imagination.rewrite else frozenset())
         self.resume_from = self._resume_point(resume)
         self.round = 0            # last completed round
         self.version = 0          # last published weights version
@@ -163,6 +170,8 @@ class Controller:
                "train_solved": metrics.get("rollout/solved_frac", float("nan")), "value_ece": metrics["eval/value_ece"],
                **{f"heldout_{k[len('critic/'):]}": v for k, v in metrics.items()
                   if k.startswith("critic/") and k.endswith("_ece")},
+               **{f"imagination_{k}": metrics[f"imagination/{k}"] for k in REWRITE_COUNTS
+                  if f"imagination/{k}" in metrics},
                "policy_version": version,
                "seconds": round(time.perf_counter() - t0, 1)}
         self.summary.append(row)
@@ -184,15 +193,29 @@ class Controller:
             self.learner.call(Learner.init_value_from_policy)
         return {f"bootstrap/{k.split('/')[-1]}": v for k, v in m.items()}
 
+    def _imagine(self, r: int, problems: list[Problem]) -> tuple[list[Problem], dict]:
+        """Round r's rewritten prompts (imagination.rewrite): one rollout actor's policy rewrites the first
+        imagination.seeds_per_round of the round's prompts; returns the kept ones and the counts."""
+        im = self.cfg.imagination
+        t0 = time.perf_counter()
+        kept, counts = self.pool.synthesize(problems[:im.seeds_per_round], im, eval_index=self.eval_index,
+                                            seed=self.cfg.seed * 1000 + r + IMAGINATION_SEED_OFFSET)
+        return kept, {**counts, "time/imagination": time.perf_counter() - t0}
+
     def _search(self, r: int) -> dict:
-        """Rollout actors search round r's prompts and stream their nodes to the replay actor."""
-        problems = self.train_problems(r)
+        """Rollout actors search round r's prompts (with the kept rewrites, under imagination.rewrite) and
+        stream their nodes to the replay actor."""
+        problems, imagined = self.train_problems(r), {}
+        if self.cfg.imagination.rewrite:
+            kept, imagined = self._imagine(r, problems)
+            problems = problems + kept
         t0 = time.perf_counter()
         bar = tqdm(total=len(problems), desc=f"round {r} search", leave=False, disable=not self.console, position=1)
         batches = self.pool.search(problems, progress=bar.update, export_trees=1 if self.cfg.loop.log_trees else 0,
                                    replay=self.replay)
         bar.close()
-        return {"problems": problems, "batches": batches, "started_at": t0, "done_at": time.perf_counter()}
+        return {"problems": problems, "batches": batches, "started_at": t0, "done_at": time.perf_counter(),
+                "imagination": imagined}
 
     def _searched(self, r: int) -> tuple[dict, dict]:
         """Round r's search: run now (sync), or collected from the background (async), where the next
@@ -226,6 +249,7 @@ class Controller:
         c = self.cfg
         found, metrics = self._searched(r)
         batches, problems = found["batches"], found["problems"]
+        metrics.update(found["imagination"])
         nodes_ref = self.replay.drain_new.remote()  # every record that arrived since the last round
         stale = c.learner.value_max_staleness
         value_ref = None if stale == 0 else self.replay.records.remote(stale, self.version)

@@ -28,7 +28,6 @@ from rl.models.critic import last_token_logits, load_value_model
 from rl.models.device import pick_device
 from rl.models.weights import Weights, to_numpy
 
-MAX_LEN = 256  # tokens per training sequence; arithmetic solutions are well under 100
 
 
 def micro_batch(cfg: LearnerConfig, world_size: int) -> int:
@@ -153,7 +152,7 @@ class Learner:
             return {"learner/policy_steps": 0}
         losses = self._fit(
             self.policy, len(prompts),
-            lambda idx: sft_batch(self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], MAX_LEN),
+            lambda idx: sft_batch(self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], self.cfg.max_seq_len),
             lambda eng, b: sft_loss(eng(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]),
             epochs=self.cfg.policy_epochs if epochs is None else epochs, steps=steps, lr=lr)
         return {"learner/policy_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
@@ -173,8 +172,8 @@ class Learner:
         prefixes, chosen, rejected = (list(x) for x in zip(*pairs))
 
         def batch(idx):
-            c = sft_batch(self.tokenizer, [prefixes[i] for i in idx], [chosen[i] for i in idx], MAX_LEN, eos=False)
-            r = sft_batch(self.tokenizer, [prefixes[i] for i in idx], [rejected[i] for i in idx], MAX_LEN, eos=False)
+            c = sft_batch(self.tokenizer, [prefixes[i] for i in idx], [chosen[i] for i in idx], self.cfg.max_seq_len, eos=False)
+            r = sft_batch(self.tokenizer, [prefixes[i] for i in idx], [rejected[i] for i in idx], self.cfg.max_seq_len, eos=False)
             return {**{f"c_{k}": v for k, v in c.items()}, **{f"r_{k}": v for k, v in r.items()}}
 
         def logps(eng, b):
@@ -214,7 +213,7 @@ class Learner:
         y = torch.as_tensor(np.asarray(targets, dtype=np.float32))
 
         def make_batch(idx):
-            b = value_batch(self.tokenizer, [texts[i] for i in idx], MAX_LEN)
+            b = value_batch(self.tokenizer, [texts[i] for i in idx], self.cfg.max_seq_len)
             b["targets"] = y[idx]
             return b
 
@@ -271,7 +270,7 @@ class Learner:
         engine.eval()
         out = []
         for i in range(0, len(texts), batch_size):
-            b = value_batch(self.tokenizer, texts[i:i + batch_size], MAX_LEN)
+            b = value_batch(self.tokenizer, texts[i:i + batch_size], self.cfg.max_seq_len)
             out.append(last_token_logits(engine, b["input_ids"].to(engine.device),
                                          b["attention_mask"].to(engine.device)).float().cpu())
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

@@ -35,9 +35,18 @@ class ArithmeticConfig:
 
 
 @dataclass
+class GSM8KConfig:
+    """The GSM8K word-problem task (rl/tasks/gsm8k.py)."""
+    # JSONL in the HF GSM8K format ({"question", "answer"}, the answer ending "#### N"), relative to the working
+    # directory; split into train and eval problems by a hash of each question
+    path: str | None = None
+
+
+@dataclass
 class TaskConfig:
-    name: str = "arithmetic"
+    name: str = "arithmetic"       # = rl.tasks.TASKS: arithmetic, gsm8k
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    gsm8k: GSM8KConfig = field(default_factory=GSM8KConfig)
     train_data: str | None = None  # JSONL of problems; None = generate from the task
     eval_data: str | None = None   # JSONL of held-out problems; None = generate
     # where a reasoning step ends (rl.tasks.termination.TERMINATIONS): a line, a paragraph holding a formula,
@@ -101,6 +110,10 @@ class SearchConfig:
     beta_orm: float = 0.0
     max_terminals: int = 0         # stop after this many terminal nodes were visited (0 = off)
     final: Literal["visits", "value", "vote"] = "visits"
+    # once every proposed path ends in an answer, a simulation that revisits a scored terminal samples this
+    # many more steps at the deepest node on its path with fewer than widen_max_draws draws (0 = off)
+    widen: int = 0
+    widen_max_draws: int = 12
     # sc, wvote, bon
     samples: int = 8
     # beam
@@ -118,6 +131,15 @@ class SearchConfig:
     # A*'s candidate steps are sampled at this temperature (search.temperature is MCTS's). Measured as
     # above: 0.8 gave 0.48, 0.3 gave 0.68 (greedy 0.68): a weak Q picks better among near-mode candidates.
     astar_temperature: float = 0.3
+    astar_solutions: int = 1       # terminals A* pops before it stops (1 = the first, as in Q*)
+    astar_final: Literal["first", "vote"] = "first"   # among them: the first popped, or an f-weighted vote
+
+    def __post_init__(self) -> None:
+        for key, ok in (("widen", self.widen >= 0), ("widen_max_draws", self.widen_max_draws >= 1),
+                        ("astar_solutions", self.astar_solutions >= 1)):
+            if not ok:
+                raise ConfigError(f"search.{key} = {getattr(self, key)!r} is out of range "
+                                  "(widen >= 0, widen_max_draws >= 1, astar_solutions >= 1)")
 
 
 @dataclass
@@ -142,6 +164,7 @@ class LearnerConfig:
     value_lr: float = 1e-3
     batch_size: int = 32           # global batch: split over learner.num_ranks and learner.grad_accum
     grad_accum: int = 1            # micro-batches accumulated per optimizer step
+    max_seq_len: int = 256         # tokens per training sequence (arithmetic solutions are well under 100)
     num_ranks: int = 1             # data-parallel DeepSpeed ranks (Ray actors forming one torch.distributed group)
     offload_optimizer: bool = False  # ZeRO optimizer states in CPU memory (GPU runs with big models)
     # how published weights reach the rollout actors: one put into Ray's object store that every actor
@@ -172,15 +195,48 @@ class LearnerConfig:
     num_cpus: float = 1.0          # per rank
     num_gpus: float = 0.0          # per rank
 
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 2:
+            raise ConfigError(f"learner.max_seq_len = {self.max_seq_len!r}: a training sequence needs >= 2 tokens")
+
 
 @dataclass
 class ImaginationConfig:
-    """Prompt synthesis (rl/imagination.py). For the generated embedded task: a difficulty curriculum."""
+    """Prompt synthesis (rl/imagination.py): a difficulty curriculum for the generated arithmetic task, and
+    rewriting of seed questions for language tasks."""
     curriculum: bool = False       # off: every round's prompts come from task.arithmetic as configured
     start_level: int = 0           # level 0 = task.arithmetic; each level adds an operand and widens values
     end_level: int = 2
     ramp_rounds: int = 4           # rounds to go from start_level to end_level
     easy_frac: float = 0.3         # share of each round's prompts drawn from the easier levels
+    # For language tasks (gsm8k): rewriting. The policy rewrites the first seeds_per_round prompts of a round with
+    # every template; a rewrite is kept when at least min_agreement of `samples` sampled solutions give its
+    # majority answer (that answer becomes its gold), and dropped when more than max_overlap of its word
+    # `ngram`-grams occur in the eval questions. The kept rewrites are searched with the round's prompts.
+    rewrite: bool = False
+    templates: list[Literal["rephrase", "change_numbers", "reverse"]] = field(  # = rl.imagination.REWRITE_TEMPLATES
+        default_factory=lambda: ["rephrase", "change_numbers", "reverse"])
+    seeds_per_round: int = 8
+    samples: int = 4
+    min_agreement: float = 0.75    # 3 of 4 samples: at 0.5 a 2-2 tie of two answers would be kept
+    # Distinct GSM8K questions hardly share 8-grams: of the test file's 1040 train-split questions 7 share any
+    # with its 279 eval-split ones, at most 4% of their 8-grams; 0.2 flags a near-copy, not a similar topic
+    ngram: int = 8
+    max_overlap: float = 0.2
+    temperature: float = 0.8       # sampling temperature of rewrites and of their solutions
+    question_max_tokens: int = 96  # a rewritten question is one line of at most this many tokens
+
+    def __post_init__(self) -> None:
+        bad = [k for k, ok in (("seeds_per_round", self.seeds_per_round >= 1), ("samples", self.samples >= 1),
+                               ("ngram", self.ngram >= 1), ("question_max_tokens", self.question_max_tokens >= 1),
+                               ("min_agreement", 0.0 <= self.min_agreement <= 1.0),
+                               ("max_overlap", 0.0 <= self.max_overlap <= 1.0),
+                               ("temperature", self.temperature >= 0.0)) if not ok]
+        if bad:
+            raise ConfigError(f"imagination.{bad[0]} = {getattr(self, bad[0])!r} is out of range (counts >= 1, "
+                              "min_agreement and max_overlap in [0, 1], temperature >= 0)")
+        if not self.templates or len(set(self.templates)) != len(self.templates):
+            raise ConfigError(f"imagination.templates = {self.templates!r}: give one or more distinct templates")
 
 
 @dataclass

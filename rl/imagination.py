@@ -140,6 +140,10 @@ class RewritingPolicy(Protocol):
                  seed: int | None = None) -> list[StepSample]: ...
 
 
+# what `synthesize` counts (metrics imagination/NAME); proposed = kept + the three dropped_*
+REWRITE_COUNTS = ("proposed", "kept", "dropped_invalid", "dropped_overlap", "dropped_disagree")
+
+
 def problem_id(seed_id: str, template: str, question: str) -> str:
     """Stable id of a synthesized problem: its seed, its template and a hash of its text."""
     return f"{seed_id}-{template}-{hashlib.sha1(question.encode()).hexdigest()[:10]}"
@@ -198,5 +202,4 @@ def synthesize(seeds: list[Problem], policy: RewritingPolicy, task: Task, *, tem
             continue
         counts["kept"] += 1
         kept.append(replace(cand, answer=answer, solution=texts[answers.index(answer)]))
-    names = ("proposed", "kept", "dropped_invalid", "dropped_overlap", "dropped_disagree")
-    return kept, {f"imagination/{k}": counts[k] for k in names}
+    return kept, {f"imagination/{k}": counts[k] for k in REWRITE_COUNTS}

@@ -11,12 +11,17 @@ def sft_batch(tokenizer, prompts: list[str], completions: list[str], max_len: in
               eos: bool = True) -> dict[str, torch.Tensor]:
     """Right-padded token ids with labels only on the completion (and its EOS, for whole solutions).
 
+    A pair longer than max_len drops tokens from the start of the prompt first, then from the end of
+    the completion.
+
     Returns input_ids, attention_mask and labels, each [B, T].
     """
     rows, labels = [], []
     for p, c in zip(prompts, completions):
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
         c_ids = tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+        cut = min(max(len(p_ids) + len(c_ids) - max_len, 0), len(p_ids))
+        p_ids = p_ids[cut:]  # too long: the prompt loses its start first, so the completion keeps its labels
         ids = (p_ids + c_ids)[:max_len]
         rows.append(ids)
         labels.append(([IGNORE] * len(p_ids) + c_ids)[:max_len])
@@ -45,7 +50,9 @@ def _pad(rows: list[list[int]], labels: list[list[int]] | None, pad_id: int) -> 
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions. logits [B, T, V], labels [B, T]."""
+    """Mean next-token cross-entropy over labelled positions (0 when none is). logits [B, T, V], labels [B, T]."""
+    if not bool((labels[:, 1:] != IGNORE).any()):
+        return logits.sum() * 0.0  # a graph with zero gradients: every rank still takes its step
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rl.config import LabelsConfig, SearchConfig
+from rl.config import ImaginationConfig, LabelsConfig, SearchConfig
 from rl.experience import CriticExample, NodeExperience, Trajectory, experiences_from_search
+from rl.imagination import synthesize
 from rl.labels import math_shepherd_labels
 from rl.models import Policy, ValueCritic
 from rl.models.engine import Engine
@@ -238,6 +239,25 @@ class RolloutWorker:
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
         return [self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds)
                 for p, r in zip(problems, self._run_searches(search, problems, models, budget))]
+
+    # ---- imagination ----------------------------------------------------------------
+    def synthesize(self, seeds: list[Problem], cfg: ImaginationConfig, *, eval_index: frozenset[tuple[str, ...]],
+                   seed: int) -> tuple[list[Problem], dict]:
+        """New prompts rewritten from seeds by this worker's policy (rl.imagination.synthesize, AlphaLLM §4.1).
+
+        Args:
+            cfg: the templates, samples, agreement and overlap thresholds (imagination.*).
+            eval_index: build_ngram_index(eval questions, cfg.ngram), the decontamination set.
+            seed: seeds the sampling, so a round's rewrites do not depend on what this worker did before.
+        Returns:
+            (kept problems with their self-consistent answers, counts under imagination/). Solutions are
+            capped like the search's (search.step_max_tokens * search.max_depth tokens).
+        """
+        cap = self.search_cfg.step_max_tokens * self.search_cfg.max_depth
+        return synthesize(seeds, self.policy, self.task, templates=list(cfg.templates), samples=cfg.samples,
+                          min_agreement=cfg.min_agreement, eval_index=eval_index, max_overlap=cfg.max_overlap,
+                          n=cfg.ngram, rng=np.random.default_rng(seed), temperature=cfg.temperature,
+                          question_max_tokens=cfg.question_max_tokens, solution_max_tokens=cap)
 
     def _run_searches(self, search, problems: list[Problem], models: Models, budget: Budget) -> list:
         """One search per problem: one after another, or `threads` at a time with the engine backend,

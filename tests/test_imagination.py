@@ -1,12 +1,14 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fakes import ScriptedPolicy, ToyTask
-from rl.config import ArithmeticConfig
+from rl.config import ArithmeticConfig, GSM8KConfig, ImaginationConfig, SearchConfig
 from rl.imagination import (REWRITE_TEMPLATES, Curriculum, answer_agreement, arithmetic_config_for,
                             build_ngram_index, ngram_overlap, rewrite_prompt, synthesize)
 from rl.models.policy import StepSample
-from rl.tasks import ArithmeticTask
+from rl.tasks import ArithmeticTask, GSM8KTask
 from rl.tasks.base import Problem
 
 
@@ -152,3 +154,126 @@ def test_controller_draws_round_prompts_from_the_curriculum(tmp_path):
     assert max(operands(last)) == base + 2               # round 3: level 2 adds two operands
     assert sum(o <= base for o in operands(last)) >= 10  # a quarter drawn from the easier levels
     assert ctl.train_problems(3) == last                 # the same prompts for the same round (resume)
+
+
+# ---- rewriting in the loop: config, the rollout worker with a real tiny model -------------------------
+def test_template_choices_match_the_registry():
+    import typing
+
+    (item,) = typing.get_args(typing.get_type_hints(ImaginationConfig)["templates"])
+    assert set(typing.get_args(item)) == set(REWRITE_TEMPLATES)
+    assert ImaginationConfig().templates == list(REWRITE_TEMPLATES) and not ImaginationConfig().rewrite
+
+
+@pytest.mark.parametrize("override, message", [
+    ("imagination.templates=[rephrase, shorten]", r"'imagination.templates\[1\]' = 'shorten' is not one of"),
+    ("imagination.templates=[]", r"imagination.templates = \[\]: give one or more distinct templates"),
+    ("imagination.templates=[reverse, reverse]", "distinct templates"),
+    ("imagination.min_agreement=1.5", "imagination.min_agreement = 1.5 is out of range"),
+    ("imagination.max_overlap=-0.1", "imagination.max_overlap = -0.1 is out of range"),
+    ("imagination.seeds_per_round=0", "imagination.seeds_per_round = 0 is out of range"),
+    ("imagination.ngram=0", "imagination.ngram = 0 is out of range"),
+])
+def test_rewrite_config_is_checked_loudly(override, message):
+    from rl.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["run_dir=r", override])
+
+
+GSM8K_SAMPLE = Path(__file__).resolve().parent / "data" / "gsm8k_sample.jsonl"
+
+
+def _gsm8k_worker(tiny_model_dir, task_cls=None):
+    from rl.rollout import RolloutWorker
+    task = (task_cls or GSM8KTask)(GSM8KConfig(path=str(GSM8K_SAMPLE)))
+    search = SearchConfig(max_depth=4, step_max_tokens=8)         # solutions capped at 32 tokens
+    return task, RolloutWorker(task, search, str(tiny_model_dir), str(tiny_model_dir), seed=0)
+
+
+def _check_counts(counts, problems, proposed):
+    assert set(counts) == {f"imagination/{k}" for k in ("proposed", "kept", "dropped_invalid", "dropped_overlap",
+                                                         "dropped_disagree")}
+    assert counts["imagination/proposed"] == proposed
+    assert counts["imagination/proposed"] == counts["imagination/kept"] + counts["imagination/dropped_invalid"] + \
+        counts["imagination/dropped_overlap"] + counts["imagination/dropped_disagree"]
+    assert counts["imagination/kept"] == len(problems)
+
+
+def test_worker_synthesizes_gsm8k_rewrites_with_the_tiny_model(tiny_model_dir):
+    task, worker = _gsm8k_worker(tiny_model_dir)
+    seeds = task.splits["train"][:2]
+    cfg = ImaginationConfig(rewrite=True, samples=2, min_agreement=0.5, question_max_tokens=16)
+    index = build_ngram_index([p.question for p in task.splits["eval"]], cfg.ngram)
+    problems, counts = worker.synthesize(seeds, cfg, eval_index=index, seed=0)
+    _check_counts(counts, problems, proposed=2 * 3)               # every seed with every template
+    for p in problems:                                            # a random model seldom gets here
+        assert p.answer and task.extract_answer(p.solution) == p.answer
+    # seeded by the call, not by the worker's history: the same seed gives the same rewrites
+    worker.rng.random(100)                                        # as searches in between would
+    assert worker.synthesize(seeds, cfg, eval_index=index, seed=0) == (problems, counts)
+
+
+class FirstCharTask(GSM8KTask):
+    """GSM8K with a lenient reader (a solution's first character is its answer), so that a random-weight
+    policy's samples give answers and a rewrite can be kept: the policy stays real."""
+
+    def extract_answer(self, solution):
+        return solution.strip()[:1] or None
+
+
+def test_worker_keeps_answered_rewrites_and_drops_eval_overlap(tiny_model_dir):
+    task, worker = _gsm8k_worker(tiny_model_dir, FirstCharTask)
+    seeds = task.splits["train"][:3]
+    cfg = ImaginationConfig(rewrite=True, samples=1, min_agreement=1.0, ngram=1, question_max_tokens=16)
+    kept, counts = worker.synthesize(seeds, cfg, eval_index=frozenset(), seed=1)
+    _check_counts(counts, kept, proposed=3 * 3)
+    assert kept and counts["imagination/dropped_overlap"] == 0     # a blank completion is the only way to drop
+    for p in kept:
+        assert p.answer == p.solution.strip()[0]                  # the gold is the sample's own answer
+        assert "\n" not in p.question and p.question not in {s.question for s in seeds}
+        assert any(p.id.startswith(f"{s.id}-") for s in seeds)
+    # the same call with the kept questions in the eval set: the same rewrites come back and are dropped
+    index = build_ngram_index([p.question for p in kept], 1)
+    again, counts2 = worker.synthesize(seeds, cfg, eval_index=index, seed=1)
+    _check_counts(counts2, again, proposed=9)
+    assert counts2["imagination/dropped_overlap"] >= len(kept) and not {p.id for p in kept} & {p.id for p in again}
+
+
+class RecordingPool:
+    """Stands in for the Ray rollout pool only (the controller's plumbing is under test, not the policy)."""
+
+    def __init__(self, kept):
+        self.kept, self.synthesized, self.searched = kept, [], []
+
+    def synthesize(self, seeds, cfg, *, eval_index, seed):
+        self.synthesized.append((seeds, cfg, eval_index, seed))
+        return self.kept, {"imagination/proposed": 3 * len(seeds), "imagination/kept": len(self.kept),
+                           "imagination/dropped_invalid": 0, "imagination/dropped_overlap": 0,
+                           "imagination/dropped_disagree": 3 * len(seeds) - len(self.kept)}
+
+    def search(self, problems, progress=None, export_trees=0, replay=None):
+        self.searched.append(problems)
+        return []
+
+
+def test_controller_appends_kept_rewrites_to_the_round_prompts(monkeypatch, tmp_path):
+    from launch.controller import Controller
+    from rl.config import load_config
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])      # configs/gsm8k.yaml's data path is relative
+    cfg = load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "loop.prompts_per_round=5", "loop.eval_size=10",
+                                             "imagination.seeds_per_round=2"])
+    ctl = Controller(cfg, console=False)
+    rewritten = Problem(id="r1", question="A rewritten question?", answer="4", solution="The answer is 4\n")
+    ctl.pool, ctl.replay = RecordingPool([rewritten]), None
+    found = ctl._search(3)
+    [(seeds, im, index, seed)] = ctl.pool.synthesized
+    assert seeds == ctl.train_problems(3)[:2] and im is cfg.imagination and index is ctl.eval_index
+    assert found["problems"] == ctl.train_problems(3) + [rewritten] == ctl.pool.searched[0]
+    assert found["imagination"]["imagination/kept"] == 1 and found["imagination"]["time/imagination"] >= 0
+    ctl._search(4)
+    assert ctl.pool.synthesized[1][3] != seed                     # each round samples with its own seed
+    off = Controller(load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "loop.prompts_per_round=5",
+                                                        "loop.eval_size=10", "imagination.rewrite=false"]))
+    off.pool, off.replay = RecordingPool([rewritten]), None
+    assert off._search(3)["problems"] == off.train_problems(3) and off.pool.synthesized == []
+    assert off.eval_index == frozenset() and off._search(3)["imagination"] == {}

@@ -96,3 +96,26 @@ def test_resume_continues_from_the_newest_checkpoint(run_dir, tmp_path):
     after = ReplayBuffer.load(run / "checkpoints" / "round_0002" / "replay.jsonl")
     assert {r.id for r in before} <= {r.id for r in after}                # the buffer carried over the resume
     assert rows[2]["policy_version"] == 3                        # versions continue, not restart
+
+
+def test_gsm8k_run_with_rewriting_logs_the_imagination_counts(tmp_path):
+    """configs/gsm8k.yaml as shipped (the GSM8K test split beside the clone), one tiny round: the policy (the
+    real tiny model, no bootstrap) rewrites 2 prompts with 3 templates, and the counts reach summary.json and W&B."""
+    run = tmp_path / "g"
+    out = arbor("train", "configs/gsm8k.yaml", f"run_dir={run}", "loop.rounds=1", *TINY, "bootstrap.steps=0",
+                "search.max_depth=4", "imagination.seeds_per_round=2", "imagination.samples=2",
+                "imagination.question_max_tokens=16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((run / "summary.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1]
+    assert not any(k.startswith("imagination_") for k in rows[0])     # round 0 bootstraps, nothing rewritten
+    counts = {k: v for k, v in rows[1].items() if k.startswith("imagination_")}
+    assert counts["imagination_proposed"] == 2 * 3
+    assert counts["imagination_proposed"] == sum(counts[f"imagination_{k}"] for k in (
+        "kept", "dropped_invalid", "dropped_overlap", "dropped_disagree"))
+    [wb] = list((run / "wandb").glob("offline-run-*"))
+    logged = subprocess.run(["wandb", "leet", "inspect", str(wb)], capture_output=True, text=True, timeout=120)
+    assert logged.returncode == 0, logged.stderr
+    for key in ("imagination/proposed", "imagination/kept", "imagination/dropped_overlap",
+                "imagination/dropped_disagree", "time/imagination"):
+        assert key in logged.stdout

@@ -173,3 +173,21 @@ def test_zero3_with_optimizer_offload_trains_and_publishes_whole_weights(tiny_mo
     _, weights = lz.publish()
     for k, v in ref.state_dict().items():
         assert weights["policy"][k].shape == tuple(v.shape)
+
+
+def test_sft_batch_keeps_the_completion_of_a_long_pair_and_an_unlabelled_batch_has_zero_loss():
+    import torch
+
+    from rl.losses import IGNORE, sft_batch, sft_loss
+    from rl.models.tokenizer import build_char_tokenizer
+    tok = build_char_tokenizer()
+    b = sft_batch(tok, ["Q: " + "x" * 30 + "\n", "Q: 1\n"], ["A: 7\n", "A: 2\n"], 12)
+    ids, labels = b["input_ids"], b["labels"]
+    assert ids.shape[1] == 12
+    assert tok.decode(ids[0]) == "x" * 5 + "\nA: 7\n" + tok.eos_token        # 6 prompt tokens: it lost its start
+    assert tok.decode([t for t in labels[0].tolist() if t != IGNORE]) == "A: 7\n" + tok.eos_token
+    assert tok.decode([t for t in labels[1].tolist() if t != IGNORE]) == "A: 2\n" + tok.eos_token
+    logits = torch.randn(2, 12, 5, requires_grad=True)
+    loss = sft_loss(logits, torch.full((2, 12), IGNORE))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
