@@ -336,7 +336,7 @@ def main() -> None:
     ap.add_argument("--bootstrap-steps", type=int, default=300,
                     help="SFT steps before the rollout part (0: random weights)")
     ap.add_argument("--publish-sizes", default="10m,100m")
-    ap.add_argument("--publish-repeats", type=int, default=3)
+    ap.add_argument("--publish-repeats", type=int, default=7, help="timed publish rounds per transport; the first few object-store puts of a size run slow, so 3 gave unstable medians")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 4 problems, 4 simulations, 1 round, 10m publish only; numbers meaningless")
     ap.add_argument("--out-dir", default=None, help="default docs/results (--quick: /tmp/scaling_smoke)")

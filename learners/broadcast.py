@@ -223,16 +223,17 @@ class CollectiveSender:
         """
         problem = f"version {ABORT} is reserved" if version == ABORT else spec_mismatch(self.spec, weights)
         works = [broadcast_async(self.group, torch.tensor([ABORT if problem else version], device=self.device))]
-        if problem:
-            works[0].wait()
-            raise ValueError(f"weights do not match the broadcast spec: {problem}")
         sent = []  # keeps device copies alive until their broadcasts finish
         for b, buf in zip(self.buckets, self._bufs):  # packs bucket k+1 while bucket k is on the wire
-            t = torch.from_numpy(self._packed(weights, b, buf)).to(self.device)
-            sent.append(t)
-            works.append(broadcast_async(self.group, t))
+            # after an abort the receivers still expect every bucket (they post them with the version): send
+            # empty ones of the right size, once, on this error path only
+            t = torch.from_numpy(np.zeros(b.numel, b.dtype) if problem else self._packed(weights, b, buf))
+            sent.append(t.to(self.device))
+            works.append(broadcast_async(self.group, sent[-1]))
         for w in works:
             w.wait()
+        if problem:
+            raise ValueError(f"weights do not match the broadcast spec: {problem}")
 
     send = publish
 
@@ -286,12 +287,17 @@ class CollectiveReceiver:
     def receive(self, payload: Any = None) -> tuple[int, Weights]:
         """Wait for the next publish; returns (version, weights) in spec order. payload is unused."""
         version = torch.zeros(1, dtype=torch.int64, device=self.device)
-        broadcast_async(self.group, version).wait()  # alone first: after an abort no buckets follow
-        if int(version) == ABORT:
-            raise RuntimeError("the sender aborted this publish (its weights did not match the broadcast spec)")
         bufs = [self._free_buffer(i) for i in range(len(self.buckets))]
         tensors = [torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in bufs]
-        works = [broadcast_async(self.group, t) for t in tensors]
+        # the version and every bucket posted at once: no round trip between them (an aborting sender
+        # still sends every bucket, so these complete either way)
+        works = [broadcast_async(self.group, version)] + [broadcast_async(self.group, t) for t in tensors]
+        works[0].wait()
+        if int(version) == ABORT:
+            for w in works[1:]:
+                w.wait()
+            raise RuntimeError("the sender aborted this publish (its weights did not match the broadcast spec)")
+        works = works[1:]
         weights: Weights = {}
         for b, buf, work in zip(self.buckets, bufs, works):
             work.wait()
