@@ -7,8 +7,10 @@ import threading
 import numpy as np
 import pytest
 
+from concurrent.futures import ThreadPoolExecutor
+
 from learners.broadcast import (CollectiveReceiver, CollectiveSender, ObjectStoreTransport, flatten,
-                                plan_buckets, unflatten, weights_spec)
+                                flatten_parallel, plan_buckets, unflatten, weights_spec)
 from rl.models.weights import Weights
 
 NUM_CPUS = 0.2  # three small actors share the 2-core test machine
@@ -59,6 +61,14 @@ def test_buckets_round_trip_and_respect_the_limit():
         assert flat.shape == (b.numel,) and flat.dtype == np.dtype(b.dtype)
         rebuilt.update(unflatten(flat, b))
     assert_same({k: rebuilt[k] for k in weights}, weights)
+
+
+def test_parallel_packing_equals_serial_packing():
+    w = make_weights(3)
+    for b in plan_buckets(weights_spec(w), int(BUCKET_MB * 2**20)):
+        for threads in (1, 2, 3):
+            got = flatten_parallel(w, b, np.full(b.numel, 7, b.dtype), ThreadPoolExecutor(threads), threads)
+            assert np.array_equal(got, flatten(w, b)), (b.names, threads)
 
 
 def test_buckets_greedy_packing():
