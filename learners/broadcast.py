@@ -125,25 +125,23 @@ def _bucket(dtype: str, items: list[tuple[str, tuple[int, ...]]]) -> Bucket:
                   tuple(accumulate(sizes[:-1], initial=0)), sum(sizes))
 
 
-def flatten(weights: Weights, bucket: Bucket, out: np.ndarray | None = None) -> np.ndarray:
-    """The bucket's tensors copied end to end into a flat [numel] array (`out`, if given)."""
+def flatten(weights: Weights, bucket: Bucket, out: np.ndarray | None = None, *,
+            pool: ThreadPoolExecutor | None = None, threads: int = 1) -> np.ndarray:
+    """The bucket's tensors copied end to end into a flat [numel] array (`out`, if given).
+
+    With a pool, the tensors are split over `threads` of its threads (numpy copies release the GIL).
+    """
     out = np.empty(bucket.numel, bucket.dtype) if out is None else out
-    for name, shape, off in zip(bucket.names, bucket.shapes, bucket.offsets):
-        out[off:off + math.prod(shape)].reshape(shape)[...] = weights[name]  # one copy, even from strided input
-    return out
-
-
-def flatten_parallel(weights: Weights, bucket: Bucket, out: np.ndarray, pool: ThreadPoolExecutor,
-                     threads: int) -> np.ndarray:
-    """flatten() with the bucket's tensors split over `threads` threads of pool (numpy copies release the GIL)."""
     items = list(zip(bucket.names, bucket.shapes, bucket.offsets))
-    n = threads
 
     def copy(part: list[tuple[str, tuple[int, ...], int]]) -> None:
         for name, shape, off in part:
-            out[off:off + math.prod(shape)].reshape(shape)[...] = weights[name]
+            out[off:off + math.prod(shape)].reshape(shape)[...] = weights[name]  # one copy, even from strided input
 
-    list(pool.map(copy, [items[i::n] for i in range(n)]))  # interleaved: similar sizes per thread
+    if pool is None or threads <= 1:
+        copy(items)
+    else:
+        list(pool.map(copy, [items[i::threads] for i in range(threads)]))  # interleaved: similar sizes per thread
     return out
 
 
@@ -260,7 +258,7 @@ class CollectiveSender:
     @staticmethod
     def _packed(weights: Weights, b: Bucket, buf: np.ndarray | None, pool: ThreadPoolExecutor) -> np.ndarray:
         if buf is not None:
-            return flatten_parallel(weights, b, buf, pool, PACK_THREADS)
+            return flatten(weights, b, buf, pool=pool, threads=PACK_THREADS)
         w = weights[b.names[0]]
         if w.flags.c_contiguous and w.flags.writeable:  # torch.from_numpy wants a writeable array
             return w.reshape(-1)

@@ -29,7 +29,6 @@ from rl.models.device import pick_device
 from rl.models.weights import Weights, to_numpy
 
 
-
 def micro_batch(cfg: LearnerConfig, world_size: int) -> int:
     """Per-rank micro batch: learner.batch_size is the global batch, split over ranks and accumulation steps."""
     parts = world_size * cfg.grad_accum

@@ -10,7 +10,7 @@ import pytest
 from concurrent.futures import ThreadPoolExecutor
 
 from learners.broadcast import (CollectiveReceiver, CollectiveSender, ObjectStoreTransport, flatten,
-                                flatten_parallel, plan_buckets, unflatten, weights_spec)
+                                plan_buckets, unflatten, weights_spec)
 from rl.models.weights import Weights
 
 NUM_CPUS = 0.2  # three small actors share the 2-core test machine
@@ -67,7 +67,7 @@ def test_parallel_packing_equals_serial_packing():
     w = make_weights(3)
     for b in plan_buckets(weights_spec(w), int(BUCKET_MB * 2**20)):
         for threads in (1, 2, 3):
-            got = flatten_parallel(w, b, np.full(b.numel, 7, b.dtype), ThreadPoolExecutor(threads), threads)
+            got = flatten(w, b, np.full(b.numel, 7, b.dtype), pool=ThreadPoolExecutor(threads), threads=threads)
             assert np.array_equal(got, flatten(w, b)), (b.names, threads)
 
 

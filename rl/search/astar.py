@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
+from rl.search.sampling import majority_vote
 from rl.search.tree import Tree
 from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
 from rl.tasks.base import Problem, Task
@@ -207,13 +208,9 @@ class AStar:
         Ties (in total or in f) go to the one popped first; terminals without an answer do not vote.
         """
         answers = [task.extract_answer(tree.steps(i)) for i in found]
-        totals: dict[str, float] = {}
-        for i, a in zip(found, answers):
-            if a is not None:
-                totals[a] = totals.get(a, 0.0) + float(tree.evaluation[i])
-        if not totals:
+        best = majority_vote(answers, tree.evaluation[found])
+        if best is None:
             return found[0]
-        best = max(totals, key=lambda a: (totals[a], -answers.index(a)))
         return max((i for i, a in zip(found, answers) if a == best),
                    key=lambda i: (tree.evaluation[i], -found.index(i)))
 
