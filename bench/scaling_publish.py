@@ -14,11 +14,18 @@ timed from the driver, from the first call to the last reply:
   object_store_copy  the same, and the receivers copy each array into private memory (what the
                      collective gives them; not in the ratios, for reference)
   collective         CollectiveSender.publish -> CollectiveReceiver.receive: version, then per-dtype buckets, received
-                     into the buffers of the previous round (--hold: into new ones)
+                     into the buffers of the previous round (--hold: into new ones). The weights are views of one
+                     flat buffer, as the learner publishes them under ZeRO-1/2 (DeepSpeed flattens each model's
+                     parameters), so buckets go out without a packing copy
+  collective_separate  the same with one allocation per tensor (ZeRO-3's gathered parameters, or stage 0):
+                     every bucket is packed first
   raw                one broadcast of ONE flat, preallocated float32 buffer of the same size over the same
                      group: the floor the collective transport is measured against
-One warm-up round of each, then `--repeats` rounds with the transports interleaved; the medians are
-reported, and ratio = transport seconds / raw seconds. Writes JSON to --out.
+`--warmup` untimed rounds of each, then `--repeats` rounds with the transports interleaved, each round after
+`--gap` seconds of idle (in training a publish follows a training phase; back to back, a put can race the
+store's asynchronous free of the previous version and land on pages it must fault in again: 15.7k minor
+faults and ~70 ms for a 40 MB put here, against ~50 faults and ~14 ms on pages the freed version left mapped).
+The medians are reported, and ratio = transport seconds / raw seconds. Writes JSON to --out.
 """
 from __future__ import annotations
 
@@ -47,10 +54,12 @@ from rl.models.weights import Weights  # noqa: E402
 SIZES = {"10m": (512, 3, 1024),       # 9.96M parameters, 40 MB
          "100m": (1024, 7, 12288)}    # 100.7M parameters, 403 MB
 NUM_CPUS = 0.2  # three actors and the driver share 2 cores; the bytes move through the kernel anyway
-TRANSPORTS = ("object_store", "object_store_copy", "collective", "raw")
+TRANSPORTS = ("object_store", "object_store_copy", "collective", "collective_separate", "raw")
 
 
-def transformer_weights(d: int, layers: int, vocab: int, seed: int = 0) -> Weights:
+def transformer_weights(d: int, layers: int, vocab: int, seed: int = 0, *, flat: bool = False) -> Weights:
+    """Separate arrays, or (flat=True) views of one flat buffer in the same order, the way DeepSpeed
+    ZeRO-1/2 holds a model's parameters (the learner's published weights are such views)."""
     rng = np.random.default_rng(seed)
 
     def mat(*shape: int) -> np.ndarray:
@@ -61,12 +70,20 @@ def transformer_weights(d: int, layers: int, vocab: int, seed: int = 0) -> Weigh
         w |= {f"layers.{i}.attn.{p}": mat(d, d) for p in "qkvo"}
         w |= {f"layers.{i}.mlp.up": mat(d, 4 * d), f"layers.{i}.mlp.down": mat(4 * d, d),
               f"layers.{i}.norm1": np.ones(d, np.float32), f"layers.{i}.norm2": np.ones(d, np.float32)}
-    return w
+    if not flat:
+        return w
+    buf, views, off = np.empty(sum(v.size for v in w.values()), np.float32), {}, 0
+    for k, v in w.items():
+        views[k] = buf[off:off + v.size].reshape(v.shape)
+        views[k][...] = v
+        off += v.size
+    return views
 
 
 class BenchSender:
     def __init__(self, size: str, num_receivers: int, bucket_mb: float):
-        self.weights = transformer_weights(*SIZES[size])
+        self.weights = transformer_weights(*SIZES[size], flat=True)  # as the ZeRO-1/2 learner publishes them
+        self.separate = transformer_weights(*SIZES[size])            # one allocation per tensor (ZeRO-3, stage 0)
         self.sender = CollectiveSender(self.weights, num_receivers, bucket_mb=bucket_mb)
         self.store = ObjectStoreTransport()
         self.flat = torch.from_numpy(np.ones(sum(v.size for v in self.weights.values()), np.float32))
@@ -81,8 +98,8 @@ class BenchSender:
         return {"params": int(self.flat.numel()), "bytes": int(self.flat.numel() * 4),
                 "tensors": len(self.weights), "buckets": len(self.sender.buckets)}
 
-    def publish_collective(self, version: int) -> None:
-        self.sender.publish(version, self.weights)
+    def publish_collective(self, version: int, separate: bool) -> None:
+        self.sender.publish(version, self.separate if separate else self.weights)
 
     def publish_object_store(self, version: int) -> ray.ObjectRef:
         return self.store.publish(version, self.weights)
@@ -126,7 +143,7 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(size: str, repeats: int, bucket_mb: float, hold: bool) -> dict:
+def measure(size: str, repeats: int, bucket_mb: float, hold: bool, warmup: int, gap: float) -> dict:
     opts = dict(num_cpus=NUM_CPUS, runtime_env=runtime_env(NUM_CPUS))
     sender = ray.remote(BenchSender).options(**opts).remote(size, 2, bucket_mb)
     receivers = [ray.remote(BenchReceiver).options(**opts).remote(hold) for _ in range(2)]
@@ -143,27 +160,29 @@ def measure(size: str, repeats: int, bucket_mb: float, hold: bool) -> dict:
         assert got == [info["bytes"]] * 2
         del ref  # frees the store for the next round
 
-    def collective() -> None:
+    def collective(separate: bool) -> None:
         nonlocal version
         version += 1
         got = [r.receive_collective.remote() for r in receivers]  # receivers first: they block in receive()
-        assert ray.get(got + [sender.publish_collective.remote(version)])[:2] == [info["bytes"]] * 2
+        assert ray.get(got + [sender.publish_collective.remote(version, separate)])[:2] == [info["bytes"]] * 2
 
     def raw() -> None:
         got = [r.raw.remote() for r in receivers]
         assert ray.get(got + [sender.raw.remote()])[:2] == [info["bytes"]] * 2
 
     rounds = {"object_store": lambda: object_store(False), "object_store_copy": lambda: object_store(True),
-              "collective": collective, "raw": raw}
+              "collective": lambda: collective(False), "collective_separate": lambda: collective(True), "raw": raw}
     seconds: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
-    for rep in range(1 + repeats):  # rep 0 warms up every path (connections, page faults, workers)
+    cold: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
+    for rep in range(warmup + repeats):  # warm-up rounds: connections, workers, first touch of store memory
         for name in TRANSPORTS:
+            time.sleep(gap)  # a training phase separates publishes; the store frees the last version meanwhile
             t = timed(rounds[name])
-            if rep:
-                seconds[name].append(t)
+            (seconds if rep >= warmup else cold)[name].append(t)
     for a in [sender, *receivers]:
         ray.kill(a)
-    res = {**info, "seconds": {k: float(np.median(v)) for k, v in seconds.items()}, "rounds": seconds}
+    res = {**info, "seconds": {k: float(np.median(v)) for k, v in seconds.items()}, "rounds": seconds,
+           "warmup_rounds": cold}
     res["ratio"] = {k: res["seconds"][k] / res["seconds"]["raw"] for k in TRANSPORTS if k != "raw"}
     return res
 
@@ -171,7 +190,9 @@ def measure(size: str, repeats: int, bucket_mb: float, hold: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10m,100m", help=f"comma-separated, from {', '.join(SIZES)}")
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per transport after one warm-up")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per transport after the warm-up")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds per transport first")
+    ap.add_argument("--gap", type=float, default=0.5, help="seconds of idle before every round (any transport)")
     ap.add_argument("--bucket-mb", type=float, default=BUCKET_MB)
     ap.add_argument("--hold", action="store_true",
                     help="collective receivers keep the last weights alive, so each receive needs new buffers")
@@ -183,17 +204,18 @@ def main() -> None:
 
     load_at_start = os.getloadavg()  # other jobs on a shared machine make single rounds noisy
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    results = {s: measure(s, args.repeats, args.bucket_mb, args.hold) for s in sizes}
+    results = {s: measure(s, args.repeats, args.bucket_mb, args.hold, args.warmup, args.gap) for s in sizes}
     ray.shutdown()
 
     out: dict = {"machine": {"cores": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
                              "python": platform.python_version(), "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
                  "setup": {"receivers": 2, "bucket_mb": args.bucket_mb, "repeats": args.repeats,
-                           "hold": args.hold, "statistic": "median after one warm-up"},
+                           "warmup": args.warmup, "gap_seconds": args.gap, "hold": args.hold,
+                           "statistic": f"median after {args.warmup} warm-up rounds"},
                  "sizes": results}
     for s, r in results.items():
         out[f"raw_broadcast_seconds_{s}"] = r["seconds"]["raw"]
-        for k in ("object_store", "collective"):
+        for k in ("object_store", "collective", "collective_separate"):
             out[f"publish_seconds_{k}_{s}"] = r["seconds"][k]
             out[f"publish_ratio_{k}_{s}"] = r["ratio"][k]
 

@@ -30,6 +30,7 @@ rank 0 only (Learner.weights() gathers inside deepspeed.zero.GatheredParameters)
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import ipaddress
 import math
@@ -145,6 +146,32 @@ def flatten(weights: Weights, bucket: Bucket, out: np.ndarray | None = None, *,
     return out
 
 
+def contiguous_view(weights: Weights, bucket: Bucket) -> np.ndarray | None:
+    """The bucket's tensors as one flat [numel] view, when they already lie end to end in memory in bucket
+    order (writeable, C-contiguous, the bucket's dtype); else None.
+
+    DeepSpeed ZeRO-1/2 keeps a model's parameters as views of one flat buffer, so the learner's weights mostly
+    do: such a bucket is broadcast straight from the parameters, with no packing copy. The view does not own
+    the memory: it is valid only while `weights` (which holds the arrays) is alive, i.e. during the publish.
+    """
+    start = end = None
+    for name in bucket.names:
+        w = weights[name]
+        if not (isinstance(w, np.ndarray) and w.flags.c_contiguous and w.flags.writeable
+                and w.dtype.str == bucket.dtype):
+            return None
+        if w.size == 0:  # holds no bytes, and numpy may point an empty view anywhere
+            continue
+        ptr = w.__array_interface__["data"][0]
+        if end is not None and ptr != end:
+            return None
+        start = ptr if start is None else start
+        end = ptr + w.nbytes
+    if start is None or end - start != bucket.numel * np.dtype(bucket.dtype).itemsize:  # (None: all empty)
+        return None
+    return np.frombuffer((ctypes.c_char * (end - start)).from_address(start), dtype=bucket.dtype)
+
+
 def unflatten(flat: np.ndarray, bucket: Bucket) -> Weights:
     """Views of a flat [numel] array, one per tensor of the bucket (no copy)."""
     return {name: flat[off:off + math.prod(shape)].reshape(shape)
@@ -205,8 +232,9 @@ def broadcast_async(group: dist.ProcessGroup, tensor: torch.Tensor) -> Any:
 class CollectiveSender:
     """Rank 0 of a weight broadcast group; lives in the learner's rank-0 process.
 
-    Packing buffers are allocated once and reused; a bucket holding one contiguous tensor is sent
-    straight from the caller's array without a copy.
+    A bucket whose tensors already lie end to end in memory (one contiguous tensor, or the views of a flat
+    parameter buffer that DeepSpeed ZeRO-1/2 keeps) is sent straight from the caller's arrays without a copy;
+    other buckets are packed into buffers allocated once and reused.
     """
 
     def __init__(self, spec: Spec | Weights, num_receivers: int, *, bucket_mb: float = BUCKET_MB,
@@ -257,12 +285,14 @@ class CollectiveSender:
 
     @staticmethod
     def _packed(weights: Weights, b: Bucket, buf: np.ndarray | None, pool: ThreadPoolExecutor) -> np.ndarray:
+        """The bucket as one flat array: a view when its tensors lie end to end already (one contiguous
+        tensor, or a flat parameter buffer), else packed into buf (a copy of a lone strided tensor if None)."""
+        view = contiguous_view(weights, b)  # torch.from_numpy wants a writeable array: the view checks it
+        if view is not None:
+            return view
         if buf is not None:
             return flatten(weights, b, buf, pool=pool, threads=PACK_THREADS)
-        w = weights[b.names[0]]
-        if w.flags.c_contiguous and w.flags.writeable:  # torch.from_numpy wants a writeable array
-            return w.reshape(-1)
-        return np.array(w).reshape(-1)
+        return np.array(weights[b.names[0]]).reshape(-1)
 
 
 class CollectiveReceiver:

@@ -65,6 +65,12 @@ class LearnerRank:
     def join_broadcast(self) -> None:
         self.sender.join()
 
+    def publish_object_store(self) -> tuple[int, list]:
+        """Publish (every rank bumps its version); rank 0 also puts the weights in the object store and returns
+        [ref]: one copy into shared memory, where returning them to the driver to put there would make two."""
+        version, weights = self.learner.publish()
+        return version, [ray.put(weights)] if self.rank == 0 else []
+
     def publish_broadcast(self) -> int:
         """Publish (every rank bumps its version; rank 0 also broadcasts the weights); returns the version."""
         version, weights = self.learner.publish()
@@ -115,8 +121,8 @@ class LearnerGroup:
             versions = ray.get([a.publish_broadcast.remote() for a in self.ranks])
             confirmed, version = ray.get(received), versions[0]
         else:
-            version, weights = self.call(Learner.publish)
-            confirmed = pool.load_weights(version, ray.put(weights))
+            version, [ref] = ray.get([a.publish_object_store.remote() for a in self.ranks])[0]
+            confirmed = pool.load_weights(version, ref)
         if any(v != version for v in confirmed):
             raise RuntimeError(f"rollout actors confirmed versions {confirmed}, expected {version}")
         return version

@@ -9,8 +9,8 @@ import pytest
 
 from concurrent.futures import ThreadPoolExecutor
 
-from learners.broadcast import (CollectiveReceiver, CollectiveSender, ObjectStoreTransport, flatten,
-                                plan_buckets, unflatten, weights_spec)
+from learners.broadcast import (CollectiveReceiver, CollectiveSender, ObjectStoreTransport, contiguous_view,
+                                flatten, plan_buckets, unflatten, weights_spec)
 from rl.models.weights import Weights
 
 NUM_CPUS = 0.2  # three small actors share the 2-core test machine
@@ -84,6 +84,65 @@ def test_flatten_copies_strided_input():
     w = {"t": np.arange(12, dtype=np.float32).reshape(3, 4).T}  # not C-contiguous
     [b] = plan_buckets(weights_spec(w), 2**20)
     assert_same(unflatten(flatten(w, b), b), {"t": np.ascontiguousarray(w["t"])})
+
+
+def as_flat_views(weights: Weights) -> Weights:
+    """The same values as views of one buffer per dtype, end to end in order (as DeepSpeed ZeRO-1/2 holds them)."""
+    out: Weights = {}
+    for dtype in dict.fromkeys(w.dtype for w in weights.values()):
+        names = [k for k, w in weights.items() if w.dtype == dtype]
+        buf, off = np.empty(sum(weights[k].size for k in names), dtype), 0
+        for k in names:
+            out[k] = buf[off:off + weights[k].size].reshape(weights[k].shape)
+            out[k][...] = weights[k]
+            off += weights[k].size
+    return {k: out[k] for k in weights}
+
+
+def test_contiguous_view_only_for_tensors_laid_end_to_end():
+    w = make_weights(4)
+    flat = as_flat_views(w)
+    buckets = plan_buckets(weights_spec(w), int(BUCKET_MB * 2**20))
+    assert any(len(b.names) > 1 for b in buckets)
+    for b in buckets:
+        assert (contiguous_view(w, b) is None) == (len(b.names) > 1)  # separate allocations: lone tensors only
+        view = contiguous_view(flat, b)  # per-dtype buffers in spec order: every bucket is one run
+        assert view is not None and np.shares_memory(view, flat[b.names[0]])  # no copy
+        assert np.array_equal(view, flatten(w, b))
+    a = np.arange(10, dtype=np.float32)
+    [b] = plan_buckets(weights_spec({"x": a[:4], "y": a[4:]}), 2**20)
+    assert np.array_equal(contiguous_view({"x": a[:4], "y": a[4:]}, b), a)
+    [b] = plan_buckets(weights_spec({"x": a[:4], "y": a[5:9]}), 2**20)
+    assert contiguous_view({"x": a[:4], "y": a[5:9]}, b) is None  # a gap between them
+    [b] = plan_buckets(weights_spec({"y": a[4:], "x": a[:4]}), 2**20)
+    assert contiguous_view({"y": a[4:], "x": a[:4]}, b) is None  # adjacent, but in the other order
+    ro = a.copy()
+    ro.flags.writeable = False
+    [b] = plan_buckets(weights_spec({"x": ro}), 2**20)
+    assert contiguous_view({"x": ro}, b) is None  # torch.from_numpy needs writeable memory
+
+
+def test_flat_and_separate_weights_arrive_identical():
+    """Buckets sent as views of a flat buffer and buckets packed first deliver the same weights."""
+    sender = CollectiveSender(make_weights(0), 1, bucket_mb=BUCKET_MB)
+    receiver = CollectiveReceiver()
+
+    def rendezvous(rank_call, rank0_call):
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(rank_call()))
+        t.start()
+        rank0_call()
+        t.join(timeout=60)
+        return out[0]
+
+    rendezvous(lambda: receiver.join(sender.address(), 1), sender.join)
+    version, got = rendezvous(receiver.receive, lambda: sender.publish(1, as_flat_views(make_weights(0, 1))))
+    assert version == 1
+    assert_same(got, make_weights(0, 1))
+    del got
+    version, got = rendezvous(receiver.receive, lambda: sender.publish(2, make_weights(0, 2)))
+    assert version == 2
+    assert_same(got, make_weights(0, 2))
 
 
 def test_receiver_reuses_buffers_only_when_nothing_holds_them():

@@ -105,6 +105,15 @@ def test_publish_bumps_version_and_weights_match_the_engine(learner, tmp_path):
     assert learner.load(tmp_path / "ck") == v2
 
 
+def test_zero2_weights_are_views_of_one_flat_buffer(learner):
+    """What lets the collective transport send the learner's buckets without packing (learners/broadcast.py)."""
+    from learners.broadcast import contiguous_view, plan_buckets, weights_spec
+    for model, w in learner.weights().items():
+        body = {k: v for k, v in w.items() if k != "lm_head.weight"}  # the tied head aliases the embedding
+        [bucket] = plan_buckets(weights_spec(body), 2**30)
+        assert contiguous_view(body, bucket) is not None, model
+
+
 @pytest.mark.ray
 def test_weight_push_from_learner_to_actor_with_version_check(learner, tiny_model_dir, ray_local):
     from actors.rollout import RolloutActor
