@@ -267,10 +267,11 @@ def write_report(out_dir: Path, res: dict, command: str) -> None:
         f">= {GOAL_SPEEDUP}x | {met('rollout_speedup_2_actors')} |",
         f"| rollout: 2 actors / 1 actor, tokens/s | {fmt(ro['speedup_tokens'], '.2f')}x | | |"]
     for size in ("10m", "100m"):
-        for t in ("object_store", "collective"):
+        for t, label in (("object_store", "object_store"), ("collective", "collective (ZeRO-1/2 flat weights)"),
+                         ("collective_separate", "collective (separate tensors, ZeRO-3/stage 0)")):
             key = f"publish_ratio_{t}_{size}"
             if key in res:
-                lines.append(f"| publish {size.upper()} params, {t} / raw broadcast | {res[key]:.2f}x | "
+                lines.append(f"| publish {size.upper()} params, {label} / raw broadcast | {res[key]:.2f}x | "
                              f"<= {GOAL_PUBLISH_RATIO}x | {met(key)} |")
     lines += [f"| training: async / sync, prompts/s | {fmt(res['async_over_sync_throughput'], '.2f')}x | "
               "none set (> 1: async helps) | |", ""]
@@ -295,14 +296,20 @@ def write_report(out_dir: Path, res: dict, command: str) -> None:
 
     lines += ["", "## 2. Weight-publish latency", "",
               f"`bench/scaling_publish.py --sizes {pub['sizes_arg']} --repeats {pub['setup']['repeats']}` in a "
-              "subprocess: one sender actor, two receivers, transformer-shaped float32 weights; median seconds "
-              "after a warm-up, and each transport's ratio to one raw broadcast of one flat buffer of the same "
-              "bytes over the same gloo group (see that script's docstring).", "",
-              "| size | MB | raw broadcast s | object store s (ratio) | collective s (ratio) |", "|---|---|---|---|---|"]
+              "subprocess: one sender actor, two receivers, transformer-shaped float32 weights; median seconds of "
+              f"{pub['setup']['repeats']} rounds after {pub['setup']['warmup']} warm-up rounds, each round after "
+              f"{pub['setup']['gap_seconds']} s of idle (publishes follow training phases), and each transport's "
+              "ratio to one raw broadcast of one flat buffer of the same bytes over the same gloo group (see that "
+              "script's docstring). 'flat': the weights are views of one buffer, as the learner publishes them "
+              "under ZeRO-1/2, so buckets are broadcast without a packing copy; 'separate': one allocation per "
+              "tensor, so every bucket is packed first.", "",
+              "| size | MB | raw broadcast s | object store s (ratio) | collective, flat s (ratio) "
+              "| collective, separate s (ratio) |", "|---|---|---|---|---|---|"]
     for size, r in pub["sizes"].items():
         sec, rat = r["seconds"], r["ratio"]
         lines.append(f"| {size} | {r['bytes'] / 2**20:.0f} | {sec['raw']:.3f} | {sec['object_store']:.3f} "
-                     f"({rat['object_store']:.2f}x) | {sec['collective']:.3f} ({rat['collective']:.2f}x) |")
+                     f"({rat['object_store']:.2f}x) | {sec['collective']:.3f} ({rat['collective']:.2f}x) | "
+                     f"{sec['collective_separate']:.3f} ({rat['collective_separate']:.2f}x) |")
 
     sy, asy = lp["sync"], lp["async"]
     lines += ["", "## 3. Sync against async training", "",
@@ -336,7 +343,7 @@ def main() -> None:
     ap.add_argument("--bootstrap-steps", type=int, default=300,
                     help="SFT steps before the rollout part (0: random weights)")
     ap.add_argument("--publish-sizes", default="10m,100m")
-    ap.add_argument("--publish-repeats", type=int, default=7, help="timed publish rounds per transport; the first few object-store puts of a size run slow, so 3 gave unstable medians")
+    ap.add_argument("--publish-repeats", type=int, default=7, help="timed publish rounds per transport (after scaling_publish.py's warm-up rounds)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 4 problems, 4 simulations, 1 round, 10m publish only; numbers meaningless")
     ap.add_argument("--out-dir", default=None, help="default docs/results (--quick: /tmp/scaling_smoke)")
