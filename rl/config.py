@@ -116,6 +116,7 @@ class SearchConfig:
     widen_max_draws: int = 12
     # sc, wvote, bon
     samples: int = 8
+    samples_batch: int = 4         # samples per policy call: larger is faster, 1 stops closest to search.max_tokens
     # beam
     beam_width: int = 3
     beam_expand: int = 3           # steps sampled per live beam
@@ -136,10 +137,10 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         for key, ok in (("widen", self.widen >= 0), ("widen_max_draws", self.widen_max_draws >= 1),
-                        ("astar_solutions", self.astar_solutions >= 1)):
+                        ("astar_solutions", self.astar_solutions >= 1), ("samples_batch", self.samples_batch >= 1)):
             if not ok:
                 raise ConfigError(f"search.{key} = {getattr(self, key)!r} is out of range "
-                                  "(widen >= 0, widen_max_draws >= 1, astar_solutions >= 1)")
+                                  "(widen >= 0, widen_max_draws >= 1, astar_solutions >= 1, samples_batch >= 1)")
 
 
 @dataclass

@@ -51,3 +51,13 @@ def test_search_method_choices_match_the_registry():
     from rl.config import SearchConfig
     from rl.search import SEARCHES
     assert set(typing.get_args(typing.get_type_hints(SearchConfig)["method"])) == set(SEARCHES)
+
+
+def test_samples_batch_reaches_the_sampling_methods_and_is_checked():
+    from rl.search import build_search
+    cfg = load_config(REPO_CONFIG, ["search.samples_batch=1", "search.samples=5"])
+    for method in ("sc", "wvote", "bon"):
+        search = build_search(method, cfg.search)
+        assert (search.batch_size, search.n) == (1, 5)
+    with pytest.raises(ConfigError, match=r"search.samples_batch = 0"):
+        load_config(REPO_CONFIG, ["search.samples_batch=0"])

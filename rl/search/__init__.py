@@ -14,7 +14,8 @@ SEARCHES = {"greedy": Greedy, "sc": SelfConsistency, "wvote": WeightedVote, "bon
 
 # method field -> SearchConfig field, where the names differ (the rest share their names)
 _CONFIG_NAMES = {
-    "sc": {"n": "samples"}, "wvote": {"n": "samples"}, "bon": {"n": "samples"},
+    "sc": {"n": "samples", "batch_size": "samples_batch"}, "wvote": {"n": "samples", "batch_size": "samples_batch"},
+    "bon": {"n": "samples", "batch_size": "samples_batch"},
     "beam": {"expand": "beam_expand"},
     "astar": {"top_k": "astar_top_k", "lam": "astar_lam", "g_agg": "astar_g_agg", "g_source": "astar_g_source",
               "max_expansions": "astar_max_expansions", "terminal_h": "astar_terminal_h",
