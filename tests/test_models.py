@@ -2,9 +2,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.models import Policy, ValueCritic
+from rl.models.weights import load_numpy, tied_names, to_numpy
 
 
 def test_rl_never_imports_ray_or_deepspeed():
@@ -68,5 +70,20 @@ def test_weights_load_with_version(tiny_model_dir):
     w = {k: v + 0.01 for k, v in w.items()}
     b.load_weights(5, w)
     assert b.version == 5
+    tied = tied_names(b.model.state_dict())
     for k, v in b.model.state_dict().items():
-        np.testing.assert_allclose(v.numpy(), w[k], atol=1e-7)
+        np.testing.assert_allclose(v.numpy(), w[tied.get(k, k)], atol=1e-7)
+
+
+def test_a_tied_head_is_published_once_and_loaded_through_the_tie(tiny_model_dir):
+    a = Policy.from_pretrained(tiny_model_dir)
+    assert tied_names(a.model.state_dict()) == {"lm_head.weight": "model.embed_tokens.weight"}  # the embedded default ties
+    w = a.weights()
+    assert "lm_head.weight" not in w and "model.embed_tokens.weight" in w
+    b = Policy.from_pretrained(tiny_model_dir)
+    b.load_weights(1, {k: v * 2 for k, v in w.items()})
+    np.testing.assert_allclose(b.model.lm_head.weight.detach().numpy(), 2 * w["model.embed_tokens.weight"])
+    untied = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), tie_word_embeddings=False)
+    assert "lm_head.weight" in to_numpy(untied)
+    with pytest.raises(ValueError, match="missing.*lm_head.weight"):  # an untied model needs its head
+        load_numpy(untied, w)

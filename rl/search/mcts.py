@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
 
+from rl.search.sampling import majority_vote
 from rl.search.tree import Tree, backup, puct_select, uct_select
 from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
 from rl.tasks.base import Problem, Task
@@ -267,14 +267,10 @@ class MCTS:
         if self.final == "value" and term:
             return max(term, key=lambda i: (tree.evaluation[i], tree.visits[i]))
         if self.final == "vote" and term:
-            votes: Counter = Counter()
-            for i in term:
-                ans = task.extract_answer(tree.steps(i))
-                if ans is not None:
-                    votes[ans] += int(tree.visits[i])
-            if votes:
-                best = votes.most_common(1)[0][0]
-                return max((i for i in term if task.extract_answer(tree.steps(i)) == best),
+            answers = [task.extract_answer(tree.steps(i)) for i in term]
+            best = majority_vote(answers, tree.visits[term])  # ties: the answer of the lowest node id
+            if best is not None:
+                return max((i for i, a in zip(term, answers) if a == best),
                            key=lambda i: (tree.visits[i], tree.evaluation[i]))
         node = 0
         while tree.children[node]:
