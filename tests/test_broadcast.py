@@ -86,6 +86,16 @@ def test_flatten_copies_strided_input():
     assert_same(unflatten(flatten(w, b), b), {"t": np.ascontiguousarray(w["t"])})
 
 
+def rendezvous(rank_call, rank0_call):
+    """rank_call in a thread (a receiver rank), rank0_call here (the sender); rank_call's result."""
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(rank_call()))
+    t.start()
+    rank0_call()
+    t.join(timeout=60)
+    return out[0]
+
+
 def as_flat_views(weights: Weights) -> Weights:
     """The same values as views of one buffer per dtype, end to end in order (as DeepSpeed ZeRO-1/2 holds them)."""
     out: Weights = {}
@@ -127,14 +137,6 @@ def test_flat_and_separate_weights_arrive_identical():
     sender = CollectiveSender(make_weights(0), 1, bucket_mb=BUCKET_MB)
     receiver = CollectiveReceiver()
 
-    def rendezvous(rank_call, rank0_call):
-        out: list = []
-        t = threading.Thread(target=lambda: out.append(rank_call()))
-        t.start()
-        rank0_call()
-        t.join(timeout=60)
-        return out[0]
-
     rendezvous(lambda: receiver.join(sender.address(), 1), sender.join)
     version, got = rendezvous(receiver.receive, lambda: sender.publish(1, as_flat_views(make_weights(0, 1))))
     assert version == 1
@@ -149,14 +151,6 @@ def test_receiver_reuses_buffers_only_when_nothing_holds_them():
     """One process, one thread per rank: held weights survive the next receive; dropped ones are recycled."""
     sender = CollectiveSender(make_weights(0), 1, bucket_mb=BUCKET_MB)
     receiver = CollectiveReceiver()
-
-    def rendezvous(rank_call, rank0_call):
-        out: list = []
-        t = threading.Thread(target=lambda: out.append(rank_call()))
-        t.start()
-        rank0_call()
-        t.join(timeout=60)
-        return out[0]
 
     rendezvous(lambda: receiver.join(sender.address(), 1), sender.join)
     first = rendezvous(receiver.receive, lambda: sender.publish(1, make_weights(0, 1)))
