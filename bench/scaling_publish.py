@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.runtime import runtime_env  # noqa: E402
 from learners.broadcast import (BUCKET_MB, CollectiveReceiver, CollectiveSender,  # noqa: E402
-                                ObjectStoreTransport, broadcast_async)
+                                ObjectStoreTransport, broadcast_async, flatten, plan_buckets, unflatten,
+                                weights_spec)
 from rl.models.weights import Weights  # noqa: E402
 
 # (d_model, layers, vocab): 12 d^2 + 2 d per layer, plus a [vocab, d] embedding
@@ -72,12 +73,8 @@ def transformer_weights(d: int, layers: int, vocab: int, seed: int = 0, *, flat:
               f"layers.{i}.norm1": np.ones(d, np.float32), f"layers.{i}.norm2": np.ones(d, np.float32)}
     if not flat:
         return w
-    buf, views, off = np.empty(sum(v.size for v in w.values()), np.float32), {}, 0
-    for k, v in w.items():
-        views[k] = buf[off:off + v.size].reshape(v.shape)
-        views[k][...] = v
-        off += v.size
-    return views
+    [bucket] = plan_buckets(weights_spec(w), 2**62)  # one float32 bucket of everything, in order
+    return unflatten(flatten(w, bucket), bucket)
 
 
 class BenchSender:

@@ -72,6 +72,11 @@ def paired_difference(a: list[int], b: list[int], *, resamples: int = 5000, seed
             "only_b": int((d < 0).sum())}
 
 
+def show(record: dict) -> None:
+    """One progress line: the record without its per-problem list."""
+    print(json.dumps({k: v for k, v in record.items() if k != "correct"}), flush=True)
+
+
 COMPARED = [("mcts", "sc"), ("mcts", "bon"), ("astar", "sc"), ("astar", "bon")]  # the issue's goal: a >= b
 
 
@@ -102,7 +107,7 @@ def main() -> None:
             worker.rng = np.random.default_rng(0)
             r = {"method": method, "budget_tokens": budget, **run(worker, problems, method, cfg)}
             records.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "correct"}), flush=True)
+            show(r)
     ablation = []
     for name, ov in ABLATION:
         cfg = from_dict(base, [*WIDE, f"search.max_tokens={args.ablation_budget}", *ov], where=str(ck))
@@ -110,7 +115,7 @@ def main() -> None:
         r = {"variant": name, "budget_tokens": args.ablation_budget,
              **run(worker, problems[:args.ablation_n], "mcts", cfg)}
         ablation.append(r)
-        print(json.dumps({k: v for k, v in r.items() if k != "correct"}), flush=True)
+        show(r)
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

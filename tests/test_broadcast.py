@@ -99,13 +99,8 @@ def rendezvous(rank_call, rank0_call):
 def as_flat_views(weights: Weights) -> Weights:
     """The same values as views of one buffer per dtype, end to end in order (as DeepSpeed ZeRO-1/2 holds them)."""
     out: Weights = {}
-    for dtype in dict.fromkeys(w.dtype for w in weights.values()):
-        names = [k for k, w in weights.items() if w.dtype == dtype]
-        buf, off = np.empty(sum(weights[k].size for k in names), dtype), 0
-        for k in names:
-            out[k] = buf[off:off + weights[k].size].reshape(weights[k].shape)
-            out[k][...] = weights[k]
-            off += weights[k].size
+    for b in plan_buckets(weights_spec(weights), 2**62):  # unbounded: one bucket per dtype
+        out.update(unflatten(flatten(weights, b), b))
     return {k: out[k] for k in weights}
 
 
