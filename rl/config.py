@@ -114,6 +114,9 @@ class SearchConfig:
     # many more steps at the deepest node on its path with fewer than widen_max_draws draws (0 = off)
     widen: int = 0
     widen_max_draws: int = 12
+    # critic roles ("value", "prm", "orm") filled by the task's rule-based step utility instead of a trained
+    # model (rl/grading/rule_critic.py): it checks each step from the text, no label read
+    rule_critics: list[Literal["value", "prm", "orm"]] = field(default_factory=list)
     # sc, wvote, bon
     samples: int = 8
     samples_batch: int = 4         # samples per policy call: larger is faster, 1 stops closest to search.max_tokens
@@ -124,7 +127,7 @@ class SearchConfig:
     astar_top_k: int = 6
     astar_lam: float = 1.0
     astar_g_agg: Literal["min", "max", "sum", "last", "zero"] = "min"
-    astar_g_source: Literal["prm", "zero"] = "prm"
+    astar_g_source: Literal["prm", "rule", "zero"] = "prm"  # rule: the task's step utility (rl/grading/rule_critic.py)
     astar_max_expansions: int = 32
     # h of a terminal state (rl/search/astar.py): "q" = the Q of its final step. Measured on the embedded
     # task (round-1 critics, 100 held-out problems, temperature 0.3): zero 0.65, q 0.68 accuracy.

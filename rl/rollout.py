@@ -13,6 +13,7 @@ import torch
 
 from rl.config import ImaginationConfig, LabelsConfig, SearchConfig
 from rl.experience import CriticExample, NodeExperience, Trajectory, experiences_from_search
+from rl.grading import RuleCritic
 from rl.imagination import synthesize
 from rl.labels import math_shepherd_labels
 from rl.models import Policy, ValueCritic
@@ -87,6 +88,7 @@ class RolloutWorker:
             if not self.labels.stronger_policy:
                 raise ValueError("labels.q_source = 'stronger' needs labels.stronger_policy (a HF model folder)")
             self.stronger = Policy.from_pretrained(self.labels.stronger_policy, device=device)
+        self.rule_critics()  # a task without a rule-based utility fails here, before any work
         self.rng = np.random.default_rng(seed)
         self.pid = os.getpid()
 
@@ -94,8 +96,12 @@ class RolloutWorker:
     def value(self) -> ValueCritic:
         return self.critics["value"]
 
+    def rule_critics(self) -> dict[str, RuleCritic]:
+        """The critic roles search.rule_critics gives to the task's rule-based utility (they have no weights)."""
+        return {kind: RuleCritic(self.task, kind) for kind in self.search_cfg.rule_critics}
+
     def models(self, reward=None) -> Models:
-        c = self.critics
+        c = {**self.critics, **self.rule_critics()}
         return Models(policy=self.policy, value=c["value"], reward=reward, prm=c.get("prm"), orm=c.get("orm"),
                       q=c.get("q"))
 

@@ -6,6 +6,7 @@ always pops the state with the largest
 
     f(s) = g(s) + lam * h(s)                              (Q* §4: A* with a learned heuristic)
     g(s) = Agg(r_1, ..., r_t),  r_i = PRM(prompt + steps 1..i)     (Q* §4: utility aggregation)
+                                or r_i = the task's rule-based utility of step i (g_source="rule")
     h(s) = max_{a in top-K(pi(.|s))} Q(s, a)               (Q* §4: h from the optimal Q-value)
 
 with Agg one of min / max / sum / last / zero (g = 0 at the root, which has no steps).
@@ -37,7 +38,7 @@ Design choices:
   completed greedily by the policy when it is not terminal; that completion always runs so
   every result carries a full solution, and may overshoot the cap.
 - Critics: g reads models.prm (fallback models.value; not called when g_source="zero" or
-  g_agg="zero"), h reads models.q (fallback models.value); both are checked before any
+  g_agg="zero"), or with g_source="rule" the task's step_utilities (rl.grading.RuleCritic, no model), h reads models.q (fallback models.value); both are checked before any
   generation. critic_calls counts texts scored, one per (state) or (state, step).
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
+from rl.grading.rule_critic import RuleCritic
 from rl.search.sampling import majority_vote
 from rl.search.tree import Tree
 from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
@@ -58,7 +60,7 @@ if TYPE_CHECKING:  # rl.models.policy imports torch; search code only reads the 
     from rl.models.policy import StepSample
 
 AGGREGATIONS = ("min", "max", "sum", "last", "zero")
-G_SOURCES = ("prm", "zero")
+G_SOURCES = ("prm", "rule", "zero")
 
 
 def aggregate(rewards: Sequence[float], agg: str) -> float:
@@ -122,7 +124,8 @@ class AStar:
     top_k: int = 6                  # candidate steps sampled per state (the K of h's top-K)
     lam: float = 1.0                # weight of the heuristic; 0 = best-first on g
     g_agg: Literal["min", "max", "sum", "last", "zero"] = "min"
-    g_source: Literal["prm", "zero"] = "prm"   # where per-step rewards come from; "zero" = best-first on h
+    # where per-step rewards come from: the PRM, the task's rule-based utility, or none ("zero": best-first on h)
+    g_source: Literal["prm", "rule", "zero"] = "prm"
     max_expansions: int = 32        # states popped at most (the root included)
     temperature: float = 1.0
     step_max_tokens: int = 24
@@ -152,7 +155,7 @@ class AStar:
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> AStarResult:
-        prm, q_critic = self._critics(models)  # before sampling: fail without spending tokens
+        prm, q_critic = self._critics(models, task)  # before sampling: fail without spending tokens
         t0 = time.perf_counter()
         tree = Tree(task.prompt(problem))
         spent = Spent()
@@ -214,13 +217,15 @@ class AStar:
         return max((i for i, a in zip(found, answers) if a == best),
                    key=lambda i: (tree.evaluation[i], -found.index(i)))
 
-    def _critics(self, models: Models) -> tuple[object | None, object]:
+    def _critics(self, models: Models, task: Task) -> tuple[object | None, object]:
         """(PRM, or None when g is 0 by construction; Q critic). ValueError naming every missing critic."""
         missing = []
         q_critic = models.q if models.q is not None else models.value
         if q_critic is None:
             missing.append("models.q (h = max Q(s, a))")
         prm = None
+        if self.g_source == "rule" and self.g_agg != "zero":
+            prm = RuleCritic(task, "prm", key='AStar.g_source="rule"')
         if self.g_source == "prm" and self.g_agg != "zero":  # g = 0 otherwise: no rewards to read
             prm = models.prm if models.prm is not None else models.value
             if prm is None:

@@ -101,6 +101,32 @@ class ArithmeticTask:
             steps.append(line)
         return 0.0
 
+    def step_utilities(self, state: str) -> list[float]:
+        """The rule-based utility of each step of a state (prompt + steps): 1.0 or 0.0, read from the text alone.
+
+        A step is right when it makes progress and keeps the value of the line above it (the question, for
+        the first step): a rewrite is an expression of the same value with fewer operators; an answer step
+        gives that value. No label is read, so a search may use this at evaluation time (Q*'s rule-based
+        utility, rl.grading.RuleCritic). A line after a wrong one is judged against that wrong line, so
+        each step's utility is its own, and `min` over a path says whether all of it is right.
+        """
+        lines = state.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline that ends the last step
+        if not lines or not lines[0].startswith("Q: "):
+            raise ValueError(f"not an arithmetic state (it should start with 'Q: '): {state[:40]!r}")
+        above, out = lines[0][3:], []
+        for line in lines[1:]:
+            value = evaluate_expression(above)
+            if line.startswith(ANSWER_PREFIX):
+                right = value is not None and extract_final_answer(line) == str(value)
+            else:
+                right = (value is not None and evaluate_expression(line) == value
+                         and _operators(line) < _operators(above))
+            out.append(float(right))
+            above = line
+        return out
+
     def generate(self, n: int, seed: int, split: str = "train") -> list[Problem]:
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -132,6 +158,11 @@ class ArithmeticTask:
         steps.append(f"{ANSWER_PREFIX} {acc}")
         return Problem(id=f"arith-{_digest(expr)[:12]}", question=expr, answer=str(acc),
                        solution="\n".join(steps) + "\n")
+
+
+def _operators(expr: str) -> int:
+    """Binary operators in an expression: a minus right after a digit or ")" (the task's values are >= 0)."""
+    return len(re.findall(r"(?<=[0-9)])[+\-*]", expr))
 
 
 _EXPR_RE = re.compile(r"^[0-9+\-*()]{1,64}$")

@@ -18,8 +18,10 @@ the eval split iff a hash of its question falls in the eval bucket (`rl.tasks.ar
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,60 @@ from rl.tasks.termination import NewlineStep, Termination
 
 FINAL_PREFIX = "The answer is"
 _CALCULATOR_RE = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations, e.g. <<16-3-4=9>>
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_TIMES_RE = re.compile(r"(?<=[0-9)]) ?[x×] ?(?=[0-9(])")            # "8 x 2" -> "8*2"; "3x + 4" stays algebra
+_THOUSANDS_RE = re.compile(r"(?<=[0-9]),(?=[0-9]{3})")              # "1,200" -> "1200"
+_ARITH = r"[0-9$.()+\-*/ ]"
+_LEFT_RE = re.compile(rf"(?<![A-Za-z0-9.+\-*/$])[$(]*[0-9]{_ARITH}*$")  # the computation just before an "="
+_RIGHT_RE = re.compile(rf"^\s*[$(]*[0-9]{_ARITH}*")                  # the computation just after it
+
+
+def _arithmetic(node: ast.AST) -> float:
+    """Value of a parsed + - * / expression of numbers; ValueError for anything else."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _arithmetic(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return _BINARY[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
+    raise ValueError("not arithmetic")
+
+
+def _value(expr: str) -> tuple[float, float] | None:
+    """(value, rounding tolerance) of an arithmetic text, or None. A decimal literal may be rounded (3.33)."""
+    expr = expr.replace("$", "").strip()
+    try:
+        value = _arithmetic(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+    literal = re.fullmatch(r"[0-9]+\.([0-9]+)", expr)
+    return value, (0.5 * 10 ** -len(literal.group(1)) if literal else 1e-9 * max(1.0, abs(value)))
+
+
+def computations(step: str) -> list[bool]:
+    """Each "a op b = c" of a step (chains "a = b = c" pairwise): whether it is true arithmetic.
+
+    Only a computation between numbers is judged: a side with words, a percent, a mixed number ("3 1/2")
+    or a variable ("3x + 4") makes the pair unjudged, and so does "a = b" with no operator on either side.
+    """
+    text = _TIMES_RE.sub("*", step.replace("–", "-").replace("−", "-"))
+    parts = _THOUSANDS_RE.sub("", text).split("=")
+    out = []
+    for before, after in zip(parts, parts[1:]):
+        left, right = _LEFT_RE.search(before.rstrip()), _RIGHT_RE.match(after)
+        if left is None or right is None or re.search(r"[+\-*/x×]\s*$", before[:left.start()]):
+            continue  # "9 hours * 2/3 = 6": the computation starts in words
+        rtext = right.group(0).rstrip(" .")
+        if after[len(rtext):len(rtext) + 1].strip() not in ("", ".", ",", ";", ")"):
+            continue  # "50%", "3 1/2 hours" is cut at the space and then the next part decides, "8hours"
+        a, b = left.group(0), rtext
+        if not re.search(r"[0-9)]\s*[+\-*/]", a + " = " + b.replace("=", "")):
+            continue
+        va, vb = _value(a), _value(b)
+        if va is not None and vb is not None:
+            out.append(abs(va[0] - vb[0]) <= max(va[1], vb[1]))
+    return out
 
 
 def reference_solution(rationale: str, answer: str) -> str:
@@ -111,6 +167,20 @@ class GSM8KTask:
     def reward(self, problem: Problem, solution: str) -> float:
         """1.0 iff the solution's first "The answer is N" (or "#### N") equals the gold number."""
         return float(self.is_correct(problem, self.extract_answer(solution)))
+
+    def step_utilities(self, state: str) -> list[float]:
+        """The rule-based utility of each step of a state (prompt + steps), read from the text alone.
+
+        A calculator check: a step is 0.0 when one of its "a op b = c" computations is wrong, else 1.0
+        (steps with no computation it can judge, and the answer line, are 1.0). rl.grading.RuleCritic serves it.
+        """
+        prompt = state.split("\n", 1)
+        if not prompt[0].startswith("Q: "):
+            raise ValueError(f"not a GSM8K state (it should start with 'Q: '): {state[:40]!r}")
+        steps = prompt[1].split("\n") if len(prompt) > 1 else []
+        if steps and steps[-1] == "":
+            steps.pop()
+        return [float(all(computations(step))) for step in steps]
 
     def generate(self, n: int, seed: int, split: str = "train") -> list[Problem]:
         """n distinct problems of the split drawn from the file, in an order deterministic in seed."""
