@@ -5,9 +5,13 @@ Not a test: it measures. Usage (after `python bench/self_improvement.py`, which 
     python bench/search_quality.py --checkpoint runs/self_improvement --n 200
 
 Writes docs/results/search_quality.md and docs/results/search_quality.json (one record per
-method and budget: method, budget_tokens, accuracy, mean_tokens, seconds_per_problem, and `correct`, 0/1 per
-problem), and docs/results/search_quality_pairs.json: ηMCTS and A* against SC and BoN on the same problems,
-with paired bootstrap intervals.
+method, budget and critics: method, budget_tokens, critics, accuracy, mean_tokens, seconds_per_problem, and
+`correct`, 0/1 per problem), and docs/results/search_quality_pairs.json: ηMCTS and A* against SC and BoN on
+the same problems, with paired bootstrap intervals.
+
+Sections (--sections, default all three): `trained`, every method with the checkpoint's critics; `rule`, the
+methods that read a critic with the task's rule-based step utility in its place (rl/grading/rule_critic.py);
+`ablation`. A run of some sections keeps the other sections' records from the JSON files it rewrites.
 Critics that are not trained yet (PRM, ORM, Q) fall back to the value critic, as each method documents;
 the tables say so.
 """
@@ -37,6 +41,14 @@ EVAL_SEED = 31337  # a held-out seed the training run never used
 # steps once its tree is exhausted (search.widen) so that it, too, can spend a larger budget
 WIDE = ["search.samples=32", "search.simulations=200", "search.astar_max_expansions=200", "search.beam_width=4",
         "search.astar_top_k=4", "search.widen=3", "search.samples_batch=1"]
+# the methods that read a critic, with the task's rule-based utility standing in for it (RULE_ROLES says where)
+RULE = {"wvote": ["search.rule_critics=[orm]"], "bon": ["search.rule_critics=[orm]"],
+        "beam": ["search.rule_critics=[prm]"],
+        "mcts": ["search.rule_critics=[value]", "search.adaptive=true"],
+        "astar": ["search.astar_g_source=rule", "search.astar_temperature=1.0"]}
+RULE_ROLES = ("wvote and bon rank by the rule as ORM (1 iff every step is right); beam scores steps by it as PRM; "
+              "ηMCTS takes it as V (adaptive branching on); A* takes g from it (h still from the trained Q, "
+              "candidates at temperature 1.0)")
 ABLATION = [
     ("plain MCTS (UCT, fixed width 3)", ["search.selection=uct", "search.adaptive=false"]),
     ("+ PUCT prior", ["search.selection=puct", "search.adaptive=false"]),
@@ -77,7 +89,21 @@ def show(record: dict) -> None:
     print(json.dumps({k: v for k, v in record.items() if k != "correct"}), flush=True)
 
 
-COMPARED = [("mcts", "sc"), ("mcts", "bon"), ("astar", "sc"), ("astar", "bon")]  # the issue's goal: a >= b
+# the issue's goal: a >= b; (method, critics) pairs
+COMPARED = [(("mcts", "trained"), ("sc", "none")), (("mcts", "trained"), ("bon", "trained")),
+            (("astar", "trained"), ("sc", "none")), (("astar", "trained"), ("bon", "trained")),
+            (("mcts", "rule"), ("sc", "none")), (("mcts", "rule"), ("bon", "rule")),
+            (("astar", "rule"), ("sc", "none")), (("astar", "rule"), ("bon", "rule"))]
+NO_CRITIC = ("greedy", "sc")
+
+
+def label(method: str, critics: str) -> str:
+    return method if critics in ("trained", "none") else f"{method} ({critics})"
+
+
+def kept(path: Path, keep) -> list[dict]:
+    """The records of a JSON list file that `keep` accepts (the sections this run does not redo)."""
+    return [r for r in json.loads(path.read_text()) if keep(r)] if path.is_file() else []
 
 
 def main() -> None:
@@ -88,7 +114,12 @@ def main() -> None:
     ap.add_argument("--budgets", default="96,192,384")
     ap.add_argument("--ablation-budget", type=int, default=384)
     ap.add_argument("--out-dir", default="docs/results")
+    ap.add_argument("--sections", default="trained,rule,ablation")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= {"trained", "rule", "ablation"}:
+        raise SystemExit(f"--sections {args.sections!r}: use some of trained, rule, ablation")
+    out = Path(args.out_dir)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     ck = resolve_checkpoint(args.checkpoint)
     base = load_loop_state(ck)["config"]
@@ -99,17 +130,28 @@ def main() -> None:
     worker = RolloutWorker(task, cfg0.search, str(ck / "policy"), str(ck / "value"), seed=0, critics=critics,
                            critic_paths={n: str(ck / n) for n in critics})
 
-    records = []
     budgets = [int(b) for b in args.budgets.split(",")]
+    for r in (records := kept(out / "search_quality.json", lambda r: True)):
+        r.setdefault("critics", "none" if r["method"] in NO_CRITIC else "trained")  # records from before sections
+    redo = ({"trained", "none"} if "trained" in sections else set()) | ({"rule"} if "rule" in sections else set())
+    records = [r for r in records if r["critics"] not in redo]
+    if any(len(r["correct"]) != args.n for r in records):
+        raise SystemExit(f"--n {args.n}: the kept records of {out / 'search_quality.json'} are on another number of "
+                         "problems; rerun every section (--sections trained,rule,ablation) or match --n")
     for budget in budgets:
-        for method in SEARCHES:
-            cfg = from_dict(base, [*WIDE, f"search.max_tokens={budget}"], where=str(ck))
+        runs = [(m, "none" if m in NO_CRITIC else "trained", []) for m in SEARCHES] if "trained" in sections else []
+        runs += [(m, "rule", ov) for m, ov in RULE.items()] if "rule" in sections else []
+        for method, critics_used, ov in runs:
+            cfg = from_dict(base, [*WIDE, f"search.max_tokens={budget}", *ov], where=str(ck))
             worker.rng = np.random.default_rng(0)
-            r = {"method": method, "budget_tokens": budget, **run(worker, problems, method, cfg)}
+            r = {"method": method, "budget_tokens": budget, "critics": critics_used,
+                 **run(worker, problems, method, cfg)}
             records.append(r)
             show(r)
-    ablation = []
-    for name, ov in ABLATION:
+    order = [(m, "none" if m in NO_CRITIC else "trained") for m in SEARCHES] + [(m, "rule") for m in RULE]
+    records.sort(key=lambda r: (r["budget_tokens"], order.index((r["method"], r["critics"]))))
+    ablation = [] if "ablation" in sections else kept(out / "search_quality_ablation.json", lambda r: True)
+    for name, ov in (ABLATION if "ablation" in sections else []):
         cfg = from_dict(base, [*WIDE, f"search.max_tokens={args.ablation_budget}", *ov], where=str(ck))
         worker.rng = np.random.default_rng(0)
         r = {"variant": name, "budget_tokens": args.ablation_budget,
@@ -117,14 +159,13 @@ def main() -> None:
         ablation.append(r)
         show(r)
 
-    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "search_quality.json").write_text(json.dumps(records, indent=1))
     (out / "search_quality_ablation.json").write_text(json.dumps(ablation, indent=1))
-    by = {(r["method"], r["budget_tokens"]): r for r in records}
-    pairs = [{"a": a, "b": b, "budget_tokens": budget, **paired_difference(by[a, budget]["correct"],
-                                                                         by[b, budget]["correct"])}
-             for budget in budgets for a, b in COMPARED]
+    by = {(r["method"], r["critics"], r["budget_tokens"]): r for r in records}
+    pairs = [{"a": label(*a), "b": label(*b), "budget_tokens": budget,
+              **paired_difference(by[(*a, budget)]["correct"], by[(*b, budget)]["correct"])}
+             for budget in budgets for a, b in COMPARED if (*a, budget) in by and (*b, budget) in by]
     (out / "search_quality_pairs.json").write_text(json.dumps(pairs, indent=1))
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU"
     lines = ["# Search quality at equal token budgets", "",
@@ -133,12 +174,12 @@ def main() -> None:
              "under it runs to its end, so mean tokens can exceed it slightly). Trained critics in this checkpoint: "
              f"V{''.join(', ' + n.upper() for n in critics)}; a method whose critic is missing uses V in its "
              "place (wvote and bon read the ORM, beam and A*'s g the PRM, A*'s h the Q model). Produced by "
-             "`python bench/search_quality.py`.", "",
+             "`python bench/search_quality.py`. Rows marked (rule) put the task's rule-based step utility "
+             f"(a check of each step from its text, no label read) in place of a trained critic: {RULE_ROLES}.", "",
              "| method | budget | accuracy | mean tokens | s / problem |", "|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['method']} | {r['budget_tokens']} | {r['accuracy']:.3f} | {r['mean_tokens']:.0f} | "
+        lines.append(f"| {label(r['method'], r['critics'])} | {r['budget_tokens']} | {r['accuracy']:.3f} | {r['mean_tokens']:.0f} | "
                      f"{r['seconds_per_problem']:.3f} |")
-    met = sum(p["diff"] >= 0 for p in pairs)
     lines += ["", "## The goal: ηMCTS and A* at least as accurate as SC and BoN at each budget", "",
               "Paired on the same problems: difference in accuracy, its 95% bootstrap interval (problems "
               "resampled 5000 times), and the problems only one of the two solved. `>=` holds when the difference "
@@ -148,7 +189,11 @@ def main() -> None:
         lines.append(f"| {p['budget_tokens']} | {p['a']} | {p['b']} | {p['diff']:+.3f} | "
                      f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {p['only_a']} | {p['only_b']} | "
                      f"{'yes' if p['diff'] >= 0 else '**no**'} |")
-    lines += ["", f"{met} of {len(pairs)} comparisons hold."]
+    lines.append("")
+    for kind, rows in (("trained critics", [p for p in pairs if "(" not in p["a"]]),
+                       ("the rule-based utility", [p for p in pairs if "(" in p["a"]])):
+        if rows:
+            lines.append(f"With {kind}: {sum(p['diff'] >= 0 for p in rows)} of {len(rows)} comparisons hold.")
     lines += ["", f"## ηMCTS ablation (budget {args.ablation_budget} tokens, the first {args.ablation_n} problems)", "",
               "| variant | accuracy | mean tokens | s / problem |", "|---|---|---|---|"]
     for r in ablation:
