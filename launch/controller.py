@@ -26,6 +26,7 @@ from rl.imagination import REWRITE_COUNTS, Curriculum, arithmetic_config_for, bu
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
+from rl.grading import check_rule_config
 from rl.tasks import build_task, load_problems
 from rl.tasks.base import Problem
 
@@ -44,6 +45,7 @@ class Controller:
             raise ValueError(f"imagination.curriculum grows the arithmetic generator; task.name = {cfg.task.name!r} "
                              "has none (imagination.rewrite synthesizes prompts for language tasks)")
         self.task = build_task(cfg.task)
+        check_rule_config(self.task, cfg.search)  # a rule-based utility the task lacks: named before any work
         self.eval_problems = self._eval_problems()
         # rewrites that overlap the questions evaluated on are dropped (imagination.max_overlap)
         self.eval_index = (build_ngram_index([p.question for p in self.eval_problems], cfg.imagination.ngram)

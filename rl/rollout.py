@@ -13,7 +13,7 @@ import torch
 
 from rl.config import ImaginationConfig, LabelsConfig, SearchConfig
 from rl.experience import CriticExample, NodeExperience, Trajectory, experiences_from_search
-from rl.grading import RuleCritic
+from rl.grading import RuleCritic, check_rule_config
 from rl.imagination import synthesize
 from rl.labels import math_shepherd_labels
 from rl.models import Policy, ValueCritic
@@ -88,7 +88,7 @@ class RolloutWorker:
             if not self.labels.stronger_policy:
                 raise ValueError("labels.q_source = 'stronger' needs labels.stronger_policy (a HF model folder)")
             self.stronger = Policy.from_pretrained(self.labels.stronger_policy, device=device)
-        self.rule_critics()  # a task without a rule-based utility fails here, before any work
+        check_rule_config(task, search_cfg)  # a task without a rule-based utility fails here, before any work
         self.rng = np.random.default_rng(seed)
         self.pid = os.getpid()
 

@@ -78,6 +78,13 @@ def test_eval_cli_on_fresh_data(run_dir, tmp_path):
         assert r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 and "round_0001" in r["checkpoint"]
         assert r["accuracy"] == sum(x["correct"] for x in r["records"]) / 6
         assert all(set(x) >= {"id", "prediction", "gold", "correct", "tokens"} for x in r["records"])
+    # the task's rule-based utility in place of a trained critic, chosen by overrides alone
+    for method, rule in (("bon", "search.rule_critics=[orm]"), ("astar", "search.astar_g_source=rule")):
+        res = tmp_path / f"{method}-rule.json"
+        out = arbor("eval", "--checkpoint", str(run_dir), "--data", str(data), "--method", method, "--out", str(res),
+                    rule, "search.samples=2", "search.astar_top_k=2", "search.astar_max_expansions=3")
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(res.read_text())["n"] == 6
     bad = arbor("eval", "--checkpoint", str(run_dir), "--data", str(data), "--method", "dfs")
     assert bad.returncode == 2 and "dfs" in bad.stderr
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rl.config import ArithmeticConfig, ConfigError, GSM8KConfig, SearchConfig, load_config
-from rl.grading import RuleCritic
+from rl.grading import RuleCritic, check_rule_config
 from rl.models.policy import StepSample
 from rl.rollout import RolloutWorker
 from rl.search.astar import AStar
@@ -85,6 +85,14 @@ def test_rule_critic_names_the_key_for_a_task_without_rules_or_a_bad_role():
         RuleCritic(ToyTask(), "prm")
     with pytest.raises(ValueError, match=r"'q' is not a rule critic role"):
         RuleCritic(ARITH, "q")
+
+
+def test_rule_config_is_checked_against_the_task():
+    check_rule_config(ARITH, SearchConfig(rule_critics=["prm", "orm", "value"], astar_g_source="rule"))
+    with pytest.raises(ValueError, match=r'search.astar_g_source = "rule": task \'toy\''):
+        check_rule_config(ToyTask(), SearchConfig(astar_g_source="rule"))
+    with pytest.raises(ValueError, match=r"search.rule_critics: task 'toy'"):
+        check_rule_config(ToyTask(), SearchConfig(rule_critics=["value"]))
 
 
 def test_config_takes_rule_critics_and_refuses_unknown_roles():

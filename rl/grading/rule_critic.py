@@ -25,6 +25,14 @@ def has_rule_utility(task) -> bool:
     return callable(getattr(task, "step_utilities", None))
 
 
+def check_rule_config(task, search_cfg) -> None:
+    """ValueError naming the search key that asks a task without a rule-based utility for one."""
+    for kind in search_cfg.rule_critics:
+        RuleCritic(task, kind)
+    if search_cfg.astar_g_source == "rule":
+        RuleCritic(task, "prm", key='search.astar_g_source = "rule"')
+
+
 class RuleCritic:
     version = 0
 
