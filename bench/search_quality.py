@@ -11,7 +11,8 @@ the same problems, with paired bootstrap intervals.
 
 Sections (--sections, default all three): `trained`, every method with the checkpoint's critics; `rule`, the
 methods that read a critic with the task's rule-based step utility in its place (rl/grading/rule_critic.py);
-`ablation`. A run of some sections keeps the other sections' records from the JSON files it rewrites.
+`ablation`. A run of some sections keeps the other sections' records from the JSON files it rewrites;
+`--sections none` only rewrites the tables from them. Every record names the commit it was measured at.
 Critics that are not trained yet (PRM, ORM, Q) fall back to the value critic, as each method documents;
 the tables say so.
 """
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,9 +118,11 @@ def main() -> None:
     ap.add_argument("--out-dir", default="docs/results")
     ap.add_argument("--sections", default="trained,rule,ablation")
     args = ap.parse_args()
-    sections = set(args.sections.split(","))
+    sections = set(args.sections.split(",")) - {"none"}
     if not sections <= {"trained", "rule", "ablation"}:
-        raise SystemExit(f"--sections {args.sections!r}: use some of trained, rule, ablation")
+        raise SystemExit(f"--sections {args.sections!r}: use some of trained, rule, ablation (or none)")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
     out = Path(args.out_dir)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     ck = resolve_checkpoint(args.checkpoint)
@@ -144,7 +148,7 @@ def main() -> None:
         for method, critics_used, ov in runs:
             cfg = from_dict(base, [*WIDE, f"search.max_tokens={budget}", *ov], where=str(ck))
             worker.rng = np.random.default_rng(0)
-            r = {"method": method, "budget_tokens": budget, "critics": critics_used,
+            r = {"method": method, "budget_tokens": budget, "critics": critics_used, "commit": commit,
                  **run(worker, problems, method, cfg)}
             records.append(r)
             show(r)
@@ -154,7 +158,7 @@ def main() -> None:
     for name, ov in (ABLATION if "ablation" in sections else []):
         cfg = from_dict(base, [*WIDE, f"search.max_tokens={args.ablation_budget}", *ov], where=str(ck))
         worker.rng = np.random.default_rng(0)
-        r = {"variant": name, "budget_tokens": args.ablation_budget,
+        r = {"variant": name, "budget_tokens": args.ablation_budget, "commit": commit,
              **run(worker, problems[:args.ablation_n], "mcts", cfg)}
         ablation.append(r)
         show(r)
@@ -164,6 +168,7 @@ def main() -> None:
     (out / "search_quality_ablation.json").write_text(json.dumps(ablation, indent=1))
     by = {(r["method"], r["critics"], r["budget_tokens"]): r for r in records}
     pairs = [{"a": label(*a), "b": label(*b), "budget_tokens": budget,
+              "mean_tokens": [by[(*a, budget)]["mean_tokens"], by[(*b, budget)]["mean_tokens"]],
               **paired_difference(by[(*a, budget)]["correct"], by[(*b, budget)]["correct"])}
              for budget in budgets for a, b in COMPARED if (*a, budget) in by and (*b, budget) in by]
     (out / "search_quality_pairs.json").write_text(json.dumps(pairs, indent=1))
@@ -183,11 +188,14 @@ def main() -> None:
     lines += ["", "## The goal: ηMCTS and A* at least as accurate as SC and BoN at each budget", "",
               "Paired on the same problems: difference in accuracy, its 95% bootstrap interval (problems "
               "resampled 5000 times), and the problems only one of the two solved. `>=` holds when the difference "
-              "is not negative; an interval that spans 0 means this many problems cannot tell the two apart.", "",
-              "| budget | a | b | a - b | 95% interval | only a | only b | a >= b |", "|---|---|---|---|---|---|---|---|"]
+              "is not negative; an interval that spans 0 means this many problems cannot tell the two apart. "
+              "Tokens: the mean generated tokens of a and of b (the cap is soft, see above).", "",
+              "| budget | a | b | a - b | 95% interval | only a | only b | tokens a / b | a >= b |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for p in pairs:
         lines.append(f"| {p['budget_tokens']} | {p['a']} | {p['b']} | {p['diff']:+.3f} | "
                      f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {p['only_a']} | {p['only_b']} | "
+                     f"{p['mean_tokens'][0]:.0f} / {p['mean_tokens'][1]:.0f} | "
                      f"{'yes' if p['diff'] >= 0 else '**no**'} |")
     lines.append("")
     for kind, rows in (("trained critics", [p for p in pairs if "(" not in p["a"]]),
@@ -205,6 +213,11 @@ def main() -> None:
               "that revisits a scored terminal samples 3 more steps at the deepest node on its path with draws "
               "left) keeps adding candidates, so these scale with it. The ablation rows leave widen on throughout. "
               "Seconds per problem are wall time on a 2-core machine and move with whatever else runs."]
+    measured = {}
+    for r in records + [{**r, "critics": "ablation"} for r in ablation]:
+        measured.setdefault(r["critics"].replace("none", "trained"), set()).add(r.get("commit", "not recorded"))
+    lines += ["", "Measured at commit: " + "; ".join(f"{kind} rows {', '.join(sorted(c))}"
+                                                    for kind, c in measured.items()) + "."]
     (out / "search_quality.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'search_quality.md'}")
 
