@@ -139,11 +139,11 @@ class SearchConfig:
     astar_final: Literal["first", "vote"] = "first"   # among them: the first popped, or an f-weighted vote
 
     def __post_init__(self) -> None:
-        for key, ok in (("widen", self.widen >= 0), ("widen_max_draws", self.widen_max_draws >= 1),
-                        ("astar_solutions", self.astar_solutions >= 1), ("samples_batch", self.samples_batch >= 1)):
-            if not ok:
-                raise ConfigError(f"search.{key} = {getattr(self, key)!r} is out of range "
-                                  "(widen >= 0, widen_max_draws >= 1, astar_solutions >= 1, samples_batch >= 1)")
+        from rl.search import check_search_config  # here, not at the top: rl.search imports rl.tasks, which imports this
+        try:
+            check_search_config(self)  # every method is built from these fields, so each is checked where it is read
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass

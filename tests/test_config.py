@@ -61,3 +61,19 @@ def test_samples_batch_reaches_the_sampling_methods_and_is_checked():
         assert (search.batch_size, search.n) == (1, 5)
     with pytest.raises(ConfigError, match=r"search.samples_batch = 0"):
         load_config(REPO_CONFIG, ["search.samples_batch=0"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.c_min_root=7", r"search.c_min_root = 7: need 1 <= c_min_root <= c_max_root \(read by mcts\)"),
+    ("search.merge_threshold=2", r"search.merge_threshold = 2.0: .*\[0, 1\]"),
+    ("search.beta_value=0", r"search.beta_value = 0.0: .*all 0"),
+    ("search.astar_top_k=0", r"search.astar_top_k = 0: must be >= 1 \(read by astar\)"),   # renamed field
+    ("search.astar_lam=-1", r"search.astar_lam = -1.0"),
+    ("search.beam_expand=0", r"search.beam_expand = 0: must be >= 1 \(read by beam\)"),
+    ("search.samples=0", r"search.samples = 0: need at least one sample"),
+    ("search.step_max_tokens=0", r"search.step_max_tokens"),
+])
+def test_every_search_knob_is_checked_at_load_under_its_config_key(override, message):
+    """SearchConfig builds every method, so a value no method accepts stops the load, named as the config key."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO_CONFIG, [override])

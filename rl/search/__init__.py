@@ -1,5 +1,6 @@
 """Search methods behind one protocol; chosen by name from SEARCHES and built from a SearchConfig."""
 import dataclasses
+import re
 
 from rl.search.astar import AStar
 from rl.search.beam import StepBeam
@@ -25,7 +26,7 @@ _CONFIG_NAMES = {
 
 __all__ = ["SEARCHES", "AStar", "BestOfN", "Budget", "Greedy", "MCTS", "Models", "Search", "SearchResult",
            "SelfConsistency", "Spent", "StepBeam", "Tree", "WeightedVote", "backup", "build_search",
-           "greedy_batch", "puct_select", "uct_select"]
+           "check_search_config", "greedy_batch", "puct_select", "uct_select"]
 
 
 def build_search(method: str, cfg) -> Search:
@@ -45,3 +46,21 @@ def build_search(method: str, cfg) -> Search:
         elif hasattr(cfg, source):
             kwargs[f.name] = getattr(cfg, source)
     return cls(**kwargs)
+
+
+def check_search_config(cfg) -> None:
+    """Build every method from a SearchConfig; ValueError "search.<key> = <value>: <rule> (read by <method>)".
+
+    The methods' own checks (check_fields in their __post_init__) are the rules; this names the config key.
+    """
+    for method, cls in SEARCHES.items():
+        try:
+            build_search(method, cfg)
+        except ValueError as e:
+            found = re.match(rf"{cls.__name__}\.(\w+) = ", str(e))
+            if found is None:
+                raise
+            field = found.group(1)
+            key = ("step_max_tokens * search.max_depth" if field == "max_new_tokens"
+                   else _CONFIG_NAMES.get(method, {}).get(field, field))
+            raise ValueError(f"search.{key}{str(e)[found.end(1):]} (read by {method})") from None

@@ -53,7 +53,8 @@ import numpy as np
 from rl.grading.rule_critic import RuleCritic
 from rl.search.sampling import majority_vote
 from rl.search.tree import Tree
-from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
+from rl.search.types import (Budget, Models, SearchResult, Spent, check_fields, finish_greedily, sample_steps,
+                             step_is_complete)
 from rl.tasks.base import Problem, Task
 
 if TYPE_CHECKING:  # rl.models.policy imports torch; search code only reads the dataclass
@@ -139,19 +140,15 @@ class AStar:
     final: Literal["first", "vote"] = "first"   # among the popped terminals: the first, or an f-weighted vote
 
     def __post_init__(self):
-        if self.g_agg not in AGGREGATIONS:
-            raise ValueError(f"AStar.g_agg={self.g_agg!r}; known: {', '.join(AGGREGATIONS)}")
-        if self.terminal_h not in ("zero", "q"):
-            raise ValueError(f"AStar.terminal_h={self.terminal_h!r}; known: zero, q")
-        if self.g_source not in G_SOURCES:
-            raise ValueError(f"AStar.g_source={self.g_source!r}; known: {', '.join(G_SOURCES)}")
-        if self.final not in ("first", "vote"):
-            raise ValueError(f"AStar.final={self.final!r}; known: first, vote")
-        for name in ("top_k", "max_expansions", "max_depth", "step_max_tokens", "solutions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AStar.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lam < 0:
-            raise ValueError(f"AStar.lam must be >= 0 (a negative weight prefers states Q rates low), got {self.lam}")
+        check_fields(self, [
+            ("g_agg", self.g_agg in AGGREGATIONS, f"one of {', '.join(AGGREGATIONS)}"),
+            ("terminal_h", self.terminal_h in ("zero", "q"), "one of zero, q"),
+            ("g_source", self.g_source in G_SOURCES, f"one of {', '.join(G_SOURCES)}"),
+            ("final", self.final in ("first", "vote"), "one of first, vote"),
+            *[(name, getattr(self, name) >= 1, "must be >= 1")
+              for name in ("top_k", "max_expansions", "max_depth", "step_max_tokens", "solutions")],
+            ("lam", self.lam >= 0, "must be >= 0 (a negative weight prefers states Q rates low)"),
+            ("temperature", self.temperature >= 0, "must be >= 0")])
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> AStarResult:

@@ -22,7 +22,8 @@ import numpy as np
 
 from rl.search.sampling import critic_or_value, out_of_tokens, score_nodes
 from rl.search.tree import Tree
-from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
+from rl.search.types import (Budget, Models, SearchResult, Spent, check_fields, finish_greedily, sample_steps,
+                             step_is_complete)
 from rl.tasks.base import Problem, Task
 
 
@@ -40,6 +41,13 @@ class StepBeam:
     max_depth: int = 8
     temperature: float = 1.0
     step_max_tokens: int = 24
+
+    def __post_init__(self):
+        check_fields(self, [("beam_width", self.beam_width >= 1, "must be >= 1"),
+                            ("expand", self.expand >= 1, "must be >= 1"),
+                            ("max_depth", self.max_depth >= 1, "must be >= 1"),
+                            ("temperature", self.temperature >= 0, "must be >= 0"),
+                            ("step_max_tokens", self.step_max_tokens >= 1, "must be >= 1")])
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:

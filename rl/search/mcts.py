@@ -27,7 +27,8 @@ import numpy as np
 
 from rl.search.sampling import majority_vote
 from rl.search.tree import Tree, backup, puct_select, uct_select
-from rl.search.types import Budget, Models, SearchResult, Spent, finish_greedily, sample_steps, step_is_complete
+from rl.search.types import (Budget, Models, SearchResult, Spent, check_fields, finish_greedily, sample_steps,
+                             step_is_complete)
 from rl.tasks.base import Problem, Task
 
 
@@ -93,8 +94,27 @@ class MCTS:
     widen_max_draws: int = 12               # steps a node may draw in all (children plus merged samples)
 
     def __post_init__(self):
-        if self.widen < 0 or self.widen_max_draws < 1:
-            raise ValueError(f"MCTS needs widen >= 0 and widen_max_draws >= 1, got {self.widen}, {self.widen_max_draws}")
+        check_fields(self, [
+            ("simulations", self.simulations >= 1, "must be >= 1"),
+            ("branching", self.branching >= 1, "must be >= 1"),
+            ("selection", self.selection in ("uct", "puct"), "one of uct, puct"),
+            ("c_uct", self.c_uct >= 0, "must be >= 0"),
+            ("alpha", self.alpha >= 0, "must be >= 0"),
+            ("c_min_root", 1 <= self.c_min_root <= self.c_max_root, "need 1 <= c_min_root <= c_max_root"),
+            ("c_min", 1 <= self.c_min <= self.c_max, "need 1 <= c_min <= c_max"),
+            ("merge_threshold", 0 <= self.merge_threshold <= 1, "a normalised edit distance, in [0, 1]"),
+            ("rollouts", self.rollouts >= 0, "must be >= 0"),
+            ("rollout_temperature", self.rollout_temperature >= 0, "must be >= 0"),
+            *[(b, getattr(self, b) >= 0, "must be >= 0") for b in ("beta_value", "beta_prm", "beta_orm")],
+            ("beta_value", self.beta_value + self.beta_prm + self.beta_orm > 0,
+             "beta_value, beta_prm and beta_orm are all 0: nothing would score a leaf"),
+            ("max_depth", self.max_depth >= 1, "must be >= 1"),
+            ("temperature", self.temperature >= 0, "must be >= 0"),
+            ("step_max_tokens", self.step_max_tokens >= 1, "must be >= 1"),
+            ("max_terminals", self.max_terminals >= 0, "must be >= 0 (0 = off)"),
+            ("final", self.final in ("visits", "value", "vote"), "one of visits, value, vote"),
+            ("widen", self.widen >= 0, "must be >= 0 (0 = off)"),
+            ("widen_max_draws", self.widen_max_draws >= 1, "must be >= 1")])
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:

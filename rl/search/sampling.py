@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rl.search.tree import Tree
-from rl.search.types import Budget, Models, SearchResult, Spent
+from rl.search.types import Budget, Models, SearchResult, Spent, check_fields
 from rl.tasks.base import Problem, Task
 
 
@@ -70,8 +70,6 @@ def draw_solutions(problem: Problem, task: Task, models: Models, budget: Budget,
     Returns the tree (root + one terminal child per sample, in draw order), the child ids,
     each sample's extracted answer, and the spend so far (seconds not yet set).
     """
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     tree = Tree(task.prompt(problem))
     spent = Spent()
     leaves: list[int] = []
@@ -102,6 +100,13 @@ def _first_with(answers: list[str | None], answer: str | None) -> int:
     return answers.index(answer) if answer is not None else 0
 
 
+def _check_sampling(search) -> None:
+    check_fields(search, [("n", search.n >= 1, "need at least one sample"),
+                          ("batch_size", search.batch_size >= 1, "need at least one sample per call"),
+                          ("temperature", search.temperature >= 0, "must be >= 0"),
+                          ("max_new_tokens", search.max_new_tokens >= 1, "must be >= 1")])
+
+
 def _draw(search, problem: Problem, task: Task, models: Models, budget: Budget, rng: np.random.Generator):
     """draw_solutions with the sampling hyperparameters (n, batch_size, temperature, max_new_tokens) of search."""
     return draw_solutions(problem, task, models, budget, rng, n=search.n, batch_size=search.batch_size,
@@ -118,6 +123,9 @@ class SelfConsistency:
     batch_size: int = 4           # samples per policy call: larger is faster, smaller stops closer to the budget
     temperature: float = 1.0
     max_new_tokens: int = 192     # per sample
+
+    def __post_init__(self):
+        _check_sampling(self)
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:
@@ -137,6 +145,9 @@ class WeightedVote:
     batch_size: int = 4
     temperature: float = 1.0
     max_new_tokens: int = 192
+
+    def __post_init__(self):
+        _check_sampling(self)
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:
@@ -158,6 +169,9 @@ class BestOfN:
     batch_size: int = 4
     temperature: float = 1.0
     max_new_tokens: int = 192
+
+    def __post_init__(self):
+        _check_sampling(self)
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:

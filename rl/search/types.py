@@ -70,6 +70,17 @@ class Search(Protocol):
                  rng: np.random.Generator) -> SearchResult: ...
 
 
+def check_fields(search, checks: list[tuple[str, bool, str]]) -> None:
+    """ValueError "<Class>.<field> = <value>: <rule>" for the first (field, holds, rule) that does not hold.
+
+    The one place a search's hyperparameters are checked: the dataclasses call it in __post_init__, and
+    SearchConfig (rl/config.py) builds every method from its fields so the same message names the config key.
+    """
+    for name, holds, rule in checks:
+        if not holds:
+            raise ValueError(f"{type(search).__name__}.{name} = {getattr(search, name)!r}: {rule}")
+
+
 def finish_greedily(tree: Tree, node: int, policy, spent: Spent, *, max_new_tokens: int) -> str:
     """Greedy completion of a path that stops short of an answer; its tokens are added to spent."""
     done = policy.complete([tree.state(node)], temperature=0.0, max_new_tokens=max_new_tokens)[0]
