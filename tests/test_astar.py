@@ -166,7 +166,7 @@ def test_astar_pops_only_what_it_must_and_returns_the_optimal_terminal():
     np.testing.assert_allclose(res.g, [0.0, 0.9, 0.7, 0.2, 0.3, 0.7, 0.5, 0.5])
     np.testing.assert_allclose(res.h, [0.9, 0.7, 0.8, 0.0, 0.3, 0.0, 0.5, 0.0])
     np.testing.assert_allclose(t.evaluation[:8], [0.9, 1.6, 1.5, 0.2, 0.6, 0.7, 1.0, 0.5])
-    np.testing.assert_allclose(res.q[1:], [0.9, 0.8, 0.2, 0.7, 0.8, 0.5, 0.5])
+    np.testing.assert_allclose(res.tree.step_q[1:res.tree.size], [0.9, 0.8, 0.2, 0.7, 0.8, 0.5, 0.5])
     np.testing.assert_array_equal(t.visits[:8], [1, 1, 1, 0, 0, 1, 1, 0])
     f_star = t.evaluation[res.chosen]
     assert set(res.popped[:-1]) == {i for i in range(t.size) if t.evaluation[i] > f_star}

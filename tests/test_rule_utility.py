@@ -137,7 +137,7 @@ def _astar(g_source, task=ARITH):
 def test_astar_with_rule_g_avoids_the_step_q_prefers():
     res = _astar("rule")
     assert res.popped == [0, 2, 3, 4] and res.answer == "20"
-    assert res.step_reward[1:].tolist() == [0.0, 1.0, 1.0, 1.0] and res.g.tolist() == [0, 0, 1, 1, 1]
+    assert res.tree.prm[1:res.tree.size].tolist() == [0.0, 1.0, 1.0, 1.0] and res.g.tolist() == [0, 0, 1, 1, 1]
     wrong = _astar("zero")  # best-first on Q alone follows the wrong step to the end
     assert wrong.answer == "24"
 

@@ -94,29 +94,28 @@ def f_score(g: float, h: float, *, lam: float) -> float:
 
 @dataclass
 class AStarResult(SearchResult):
-    """A SearchResult plus the A* bookkeeping, per node id ([N] = tree.size); f is in tree.evaluation."""
+    """A SearchResult plus the A* bookkeeping, per node id ([N] = tree.size).
+
+    The tree holds the rest: f in tree.evaluation, each step's reward r in tree.prm (nan if unscored),
+    Q(parent, step) in tree.step_q (nan at the root).
+    """
     popped: list[int] = field(default_factory=list)                 # node ids in pop (expansion) order
     g: np.ndarray = field(default_factory=lambda: np.zeros(0))      # [N] aggregated process reward
     h: np.ndarray = field(default_factory=lambda: np.zeros(0))      # [N] max Q over the node's candidates
-    q: np.ndarray = field(default_factory=lambda: np.zeros(0))      # [N] Q(parent, step of node); nan at the root
-    step_reward: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] r of node's step; nan if unscored
 
 
 @dataclass
 class _State:
-    """The open heap and per-node search state, indexed by node id (lists: they grow with the tree)."""
-    step_reward: list[float] = field(default_factory=lambda: [float("nan")])
+    """The open heap and g, h per node id (lists: they grow with the tree; r and Q live in the tree's arrays)."""
     g: list[float] = field(default_factory=lambda: [0.0])
     h: list[float] = field(default_factory=lambda: [0.0])
-    q: list[float] = field(default_factory=lambda: [float("nan")])
     candidates: dict[int, list[tuple[StepSample, float]]] = field(default_factory=dict)  # open node -> [(step, Q)]
     heap: list[tuple[float, int]] = field(default_factory=list)  # (-f, node id); ids follow push order
 
     def grow(self, size: int) -> None:
-        """Pad the per-node lists to `size` nodes (new nodes: unscored, g = h = 0)."""
-        for name, fill in (("step_reward", float("nan")), ("g", 0.0), ("h", 0.0), ("q", float("nan"))):
-            values = getattr(self, name)
-            values += [fill] * (size - len(values))
+        """Pad the per-node lists to `size` nodes (new nodes: g = h = 0)."""
+        for values in (self.g, self.h):
+            values += [0.0] * (size - len(values))
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ class AStar:
                         for s, _ in candidates]
             st.grow(tree.size)
             for child, (_, q) in zip(children, candidates):
-                st.q[child] = q
+                tree.step_q[child] = q
             tree.expanded[node] = True
             self._push(tree, children, st, task, models, prm, q_critic, spent, rng)
 
@@ -194,12 +193,9 @@ class AStar:
                 solution_tail = finish_greedily(tree, chosen, models.policy, spent,
                                                 max_new_tokens=self.step_max_tokens * self.max_depth)
         solution = tree.steps(chosen) + solution_tail
-        n = tree.size
-        tree.prm[:n], tree.step_q[:n] = st.step_reward[:n], st.q[:n]  # in the tree too: exports and experience read them
         spent.seconds = time.perf_counter() - t0
         return AStarResult(answer=task.extract_answer(solution), solution=solution, tree=tree, chosen=chosen,
-                           spent=spent, popped=popped, g=np.array(st.g), h=np.array(st.h), q=np.array(st.q),
-                           step_reward=np.array(st.step_reward))
+                           spent=spent, popped=popped, g=np.array(st.g), h=np.array(st.h))
 
     @staticmethod
     def _vote(tree: Tree, task: Task, found: list[int]) -> int:
@@ -248,10 +244,9 @@ class AStar:
         if prm is not None and stepped:
             rewards = np.asarray(prm.score([tree.state(i) for i in stepped]), dtype=np.float64)  # [len(stepped)]
             spent.critic_calls += len(stepped)
-            for i, r in zip(stepped, rewards):
-                st.step_reward[i] = float(r)
+            tree.prm[stepped] = rewards
         for i in nodes:
-            path_rewards = [st.step_reward[j] for j in tree.path(i)[1:]]
+            path_rewards = [tree.prm[j] for j in tree.path(i)[1:]]
             st.g[i] = aggregate(path_rewards, self.g_agg) if prm is not None else 0.0
 
         live = [i for i in nodes if not tree.terminal[i]]
@@ -280,7 +275,7 @@ class AStar:
 
         for i in nodes:  # terminals keep h = 0 (f = g), or take their final step's Q with terminal_h="q"
             if tree.terminal[i] and self.terminal_h == "q" and i > 0:
-                st.h[i] = st.q[i]
+                st.h[i] = tree.step_q[i]
             f = f_score(st.g[i], st.h[i], lam=self.lam)
             tree.evaluation[i] = f
             heapq.heappush(st.heap, (-f, i))
