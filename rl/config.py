@@ -137,6 +137,7 @@ class SearchConfig:
     astar_temperature: float = 0.3
     astar_solutions: int = 1       # terminals A* pops before it stops (1 = the first, as in Q*)
     astar_final: Literal["first", "vote"] = "first"   # among them: the first popped, or an f-weighted vote
+    astar_redraws: int = 0         # fresh top-K draws an expanded state may make, queued at f = g (0 = Q*'s A*)
 
     def __post_init__(self) -> None:
         from rl.search import check_search_config  # here, not at the top: rl.search imports rl.tasks, which imports this

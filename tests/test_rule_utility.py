@@ -147,6 +147,41 @@ def test_astar_with_rule_g_on_a_task_without_rules_fails_before_generating():
         _astar("rule", ToyTask())
 
 
+# ---- A* redraws: a right state drawn only wrong next steps draws again before A* settles for a wrong path
+REDRAW_DRAWS = {P: [["5*4\n"]], P + "5*4\n": [["21\n"], ["20\n"]], P + "5*4\n21\n": [["Answer: 21\n"]],
+                P + "5*4\n20\n": [["Answer: 20\n"]]}
+REDRAW_Q = {P + "5*4\n": 0.6, P + "5*4\n21\n": 0.5, P + "5*4\n21\nAnswer: 21\n": 0.9,
+            P + "5*4\n20\n": 0.6, P + "5*4\n20\nAnswer: 20\n": 0.6}
+# With redraws=1 (ids in push order): pop 0: push 1 "5*4" g 1 h .5 f 1.5 | pop 1: push 2 "21" g 0 h .9 f .9, and
+# 1 again at f = g = 1 | pop 1 (1 > .9), a fresh draw: push 3 "20" g 1 h .6 f 1.6 | pop 3: push 4 "Answer: 20"
+# g 1 h(q) .6 f 1.6 | pop 4: answer 20. Without: pop 2, push 3 "Answer: 21" g 0 f .9, pop 3: answer 21.
+
+
+class _QueuePolicy:
+    """Each call at a state takes that state's next list of draws (the last one repeats)."""
+
+    def __init__(self, draws):
+        self.draws, self.calls = draws, {}
+
+    def sample_steps(self, prefixes, n, *, temperature=1.0, max_new_tokens=24, seed=None):
+        out = []
+        for p in prefixes:
+            k = self.calls[p] = self.calls.get(p, -1) + 1
+            texts = self.draws[p][min(k, len(self.draws[p]) - 1)]
+            out.append([StepSample(text=t, num_tokens=len(t), logprob=-1.0, finished=True) for t in texts[:n]])
+        return out
+
+
+@pytest.mark.parametrize("redraws, popped, answer, tokens", [(1, [0, 1, 1, 3, 4], "20", 4 + 3 + 11 + 3 + 11),
+                                                              (0, [0, 1, 2, 3], "21", 4 + 3 + 11)])
+def test_astar_redraws_a_right_state_before_taking_a_wrong_path(redraws, popped, answer, tokens):
+    models = Models(policy=_QueuePolicy(REDRAW_DRAWS), q=_Critic(REDRAW_Q))
+    res = AStar(top_k=2, g_source="rule", terminal_h="q", redraws=redraws)(
+        Problem(id="p", question="(2+3)*4", answer="20"), ARITH, models, Budget(), np.random.default_rng(0))
+    assert res.popped == popped and res.answer == answer
+    assert res.spent.generated_tokens == tokens  # the redraw's samples are spent too
+
+
 # ---- the worker fills the configured roles --------------------------------------------------------
 def test_worker_gives_the_rule_critic_the_configured_roles(tiny_model_dir):
     worker = RolloutWorker(ARITH, SearchConfig(rule_critics=["orm"]), str(tiny_model_dir), str(tiny_model_dir))

@@ -21,7 +21,7 @@ _CONFIG_NAMES = {
     "astar": {"top_k": "astar_top_k", "lam": "astar_lam", "g_agg": "astar_g_agg", "g_source": "astar_g_source",
               "max_expansions": "astar_max_expansions", "terminal_h": "astar_terminal_h",
               "temperature": "astar_temperature", "solutions": "astar_solutions",
-              "final": "astar_final"},
+              "final": "astar_final", "redraws": "astar_redraws"},
 }
 
 __all__ = ["SEARCHES", "AStar", "BestOfN", "Budget", "Greedy", "MCTS", "Models", "Search", "SearchResult",

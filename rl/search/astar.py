@@ -25,6 +25,11 @@ Design choices:
   best f of any terminal below it) the first terminal popped is the best one. With
   g_source="zero" every terminal has f = 0 and the search is best-first on h over the
   non-terminal frontier; terminals are then taken in the order they were pushed.
+- With `redraws` = R > 0, an expanded state goes back into the open set at f = g(s) (the Q of steps
+  not drawn yet is unknown, so h counts 0) and, popped again, draws top_k fresh candidates (a text it
+  already has is dropped), up to R times. A redraw thus runs only when no open state scores higher: with
+  a rule-based g (1 while every step is right) a right state draws again before A* descends into a wrong
+  one, and a larger budget buys more draws instead of ending at a wrong terminal. R = 0 is Q*'s A*.
 - Ties in f go to the state pushed first: the heap holds (-f, node id) and node ids
   are handed out in push order.
 - The search stops at the first terminal popped (Q*), or with `solutions` = M > 1 once M terminals
@@ -137,6 +142,9 @@ class AStar:
     terminal_h: Literal["zero", "q"] = "zero"
     solutions: int = 1              # terminals to pop before stopping (1 = Q*'s first terminal)
     final: Literal["first", "vote"] = "first"   # among the popped terminals: the first, or an f-weighted vote
+    # times an expanded state may draw top_k fresh candidates; it waits in the open set at f = g(s), so a
+    # redraw runs only when no open state scores higher (0 = Q*'s A*: each state is expanded once)
+    redraws: int = 0
 
     def __post_init__(self):
         check_fields(self, [
@@ -146,6 +154,7 @@ class AStar:
             ("final", self.final in ("first", "vote"), "one of first, vote"),
             *[(name, getattr(self, name) >= 1, "must be >= 1")
               for name in ("top_k", "max_expansions", "max_depth", "step_max_tokens", "solutions")],
+            ("redraws", self.redraws >= 0, "must be >= 0 (0 = off)"),
             ("lam", self.lam >= 0, "must be >= 0 (a negative weight prefers states Q rates low)"),
             ("temperature", self.temperature >= 0, "must be >= 0")])
 
@@ -160,6 +169,7 @@ class AStar:
 
         popped: list[int] = []
         found: list[int] = []  # terminals popped, in pop order
+        redraws: dict[int, int] = {}  # expanded state -> fresh draws it may still make
         chosen = None
         while st.heap and len(popped) < self.max_expansions:
             if budget.max_tokens and spent.generated_tokens >= budget.max_tokens:
@@ -172,7 +182,12 @@ class AStar:
                 if len(found) >= self.solutions:
                     break
                 continue
-            candidates = st.candidates.pop(node)  # sampled when node was pushed: its children now
+            if tree.expanded[node]:  # a redraw: fresh candidates for a state popped before
+                candidates = self._draw(tree, [node], task, models, q_critic, spent, rng)[0]
+                redraws[node] -= 1
+            else:  # sampled when node was pushed: its children now
+                candidates = st.candidates.pop(node)
+                redraws[node] = self.redraws
             children = [tree.add_child(node, s.text, logprob=s.logprob, terminal=self._ends(task, s, tree, node))
                         for s, _ in candidates]
             st.grow(tree.size)
@@ -180,6 +195,8 @@ class AStar:
                 tree.step_q[child] = q
             tree.expanded[node] = True
             self._push(tree, children, st, task, models, prm, q_critic, spent, rng)
+            if redraws[node] > 0:  # back in the open set at f = g(s): new candidates' Q is unknown (h = 0)
+                heapq.heappush(st.heap, (-st.g[node], node))
 
         solution_tail = ""
         if found:
@@ -233,6 +250,33 @@ class AStar:
         return (task.is_terminal(step.text) or not step_is_complete(task, step)
                 or tree.depth[parent] + 1 >= self.max_depth)
 
+    def _draw(self, tree: Tree, nodes: list[int], task: Task, models: Models, q_critic, spent: Spent,
+              rng: np.random.Generator) -> list[list[tuple[StepSample, float]]]:
+        """top_k candidate steps per node with their Q(s, a): one batched policy call, one batched Q call.
+
+        A node's identical samples, and samples equal to a step it already has as a child, are one
+        candidate or none (one child, one Q call).
+        """
+        samples = sample_steps(models.policy, task, [tree.state(i) for i in nodes], self.top_k,
+                               temperature=self.temperature, max_new_tokens=self.step_max_tokens,
+                               seed=int(rng.integers(2**31)))
+        pairs: list[tuple[int, StepSample]] = []  # (index into nodes, StepSample), distinct texts per node
+        for k, (i, steps) in enumerate(zip(nodes, samples)):
+            seen = {tree.text[c] for c in tree.children[i]}
+            for s in steps:
+                spent.generated_tokens += s.num_tokens
+                if s.text in seen:
+                    continue
+                seen.add(s.text)
+                pairs.append((k, s))
+        q_values = np.asarray(q_critic.score([tree.state(nodes[k]) + s.text for k, s in pairs]),
+                              dtype=np.float64) if pairs else np.zeros(0)  # [len(pairs)]
+        spent.critic_calls += len(pairs)
+        out: list[list[tuple[StepSample, float]]] = [[] for _ in nodes]
+        for (k, s), qv in zip(pairs, q_values):
+            out[k].append((s, float(qv)))
+        return out
+
     def _push(self, tree: Tree, nodes: list[int], st: _State, task: Task, models: Models, prm, q_critic,
               spent: Spent, rng: np.random.Generator) -> None:
         """Give each new node g, candidates, h and f, and put it on the open heap (in id order).
@@ -251,27 +295,9 @@ class AStar:
 
         live = [i for i in nodes if not tree.terminal[i]]
         if live:
-            samples = sample_steps(models.policy, task, [tree.state(i) for i in live], self.top_k,
-                                   temperature=self.temperature, max_new_tokens=self.step_max_tokens,
-                                   seed=int(rng.integers(2**31)))
-            pairs: list[tuple[int, StepSample]] = []  # (node, StepSample), distinct texts per node
-            for i, steps in zip(live, samples):
-                seen = set()
-                for s in steps:
-                    spent.generated_tokens += s.num_tokens
-                    if s.text in seen:  # identical sibling: one candidate, one child
-                        continue
-                    seen.add(s.text)
-                    pairs.append((i, s))
-            q_values = np.asarray(q_critic.score([tree.state(i) + s.text for i, s in pairs]),
-                                  dtype=np.float64) if pairs else np.zeros(0)  # [len(pairs)]
-            spent.critic_calls += len(pairs)
-            for i in live:
-                st.candidates[i] = []
-            for (i, s), qv in zip(pairs, q_values):
-                st.candidates[i].append((s, float(qv)))
-            for i in live:
-                st.h[i] = heuristic([qv for _, qv in st.candidates[i]])
+            for i, drawn in zip(live, self._draw(tree, live, task, models, q_critic, spent, rng)):
+                st.candidates[i] = drawn
+                st.h[i] = heuristic([qv for _, qv in drawn])
 
         for i in nodes:  # terminals keep h = 0 (f = g), or take their final step's Q with terminal_h="q"
             if tree.terminal[i] and self.terminal_h == "q" and i > 0:
