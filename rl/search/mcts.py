@@ -197,18 +197,22 @@ class MCTS:
 
     def _widen(self, tree: Tree, terminal: int, task: Task, models: Models, spent: Spent,
                rng: np.random.Generator) -> int:
-        """Sample `widen` more steps at the deepest ancestor of a revisited terminal with draws left.
+        """Sample `widen` more steps at the ancestor of a revisited terminal where the choice matters most.
 
+        That is the ancestor with draws left whose importance I(s) (AlphaLLM eq. 4: how far its children's
+        values stray from its own) is largest, the deepest of equals: below a node whose children all score
+        alike, such as a wrong step that leads only to its own wrong answer, a new draw changes nothing.
         Returns the first new child (the simulation goes on from it), or the terminal when every ancestor
         has drawn `widen_max_draws` steps or every new sample merged into a known sibling.
         """
-        for node in reversed(tree.path(terminal)[:-1]):
-            room = self.widen_max_draws - self._draws(tree, node)
-            if room > 0:
-                before = tree.size
-                self._add_children(tree, node, min(self.widen, room), task, models, spent, rng)
-                return before if tree.size > before else terminal
-        return terminal
+        open_ = [n for n in tree.path(terminal)[:-1] if self._draws(tree, n) < self.widen_max_draws]
+        if not open_:
+            return terminal
+        node = max(open_, key=lambda n: (importance(tree, n), tree.depth[n]))
+        before = tree.size
+        self._add_children(tree, node, min(self.widen, self.widen_max_draws - self._draws(tree, node)), task,
+                           models, spent, rng)
+        return before if tree.size > before else terminal
 
     def _equivalent_sibling(self, tree: Tree, node: int, text: str) -> int | None:
         for k in tree.children[node]:
