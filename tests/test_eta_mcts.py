@@ -163,7 +163,7 @@ def test_an_exhausted_tree_spends_nothing_without_widening():
     assert spent[0] == spent[1] == len("a\n") + len("Answer: 1\n")   # after sim 3 only the terminal is revisited
 
 
-def test_widening_samples_at_the_deepest_node_with_draws_left_then_moves_up():
+def test_widening_samples_at_the_deepest_node_with_draws_left_then_moves_up_when_values_agree():
     task = ToyTask()
     search = MCTS(simulations=6, branching=1, widen=1, widen_max_draws=3)
     t = search(PROBLEM, task, _widening_models(task), Budget(), np.random.default_rng(0)).tree
@@ -175,6 +175,18 @@ def test_widening_samples_at_the_deepest_node_with_draws_left_then_moves_up():
     b = t.children[0][1]
     assert t.expanded[b] and [t.text[k] for k in t.children[b]] == ["Answer: 2\n"]
     assert t.visits[0] == 6
+
+
+def test_widening_samples_where_the_children_disagree_most():
+    """V(root) .9, V(a) .2, V(a, Answer: 1) .2. After 3 sims q(root) = (.9+.2+.2)/3 = .433 and q(a) = .2, so
+    I(root) = |q(a) - q(root)| = .233 and I(a) = |q(Answer: 1) - q(a)| = 0: sim 4 draws at the root, not at a."""
+    task = ToyTask()
+    models = _widening_models(task)
+    models.value = TableCritic({PROMPT: 0.9, PROMPT + "a\n": 0.2, PROMPT + "a\nAnswer: 1\n": 0.2}, default=0.5)
+    t = MCTS(simulations=4, branching=1, widen=1, widen_max_draws=3)(PROBLEM, task, models, Budget(),
+                                                                    np.random.default_rng(0)).tree
+    a = t.children[0][0]
+    assert [t.text[k] for k in t.children[0]] == ["a\n", "b\n"] and t.merged[t.children[a][0]] == 0
 
 
 def test_widening_stops_at_the_draw_limit_and_the_candidates_vote():
