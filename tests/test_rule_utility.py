@@ -152,9 +152,16 @@ REDRAW_DRAWS = {P: [["5*4\n"]], P + "5*4\n": [["21\n"], ["20\n"]], P + "5*4\n21\
                 P + "5*4\n20\n": [["Answer: 20\n"]]}
 REDRAW_Q = {P + "5*4\n": 0.6, P + "5*4\n21\n": 0.5, P + "5*4\n21\nAnswer: 21\n": 0.9,
             P + "5*4\n20\n": 0.6, P + "5*4\n20\nAnswer: 20\n": 0.6}
-# With redraws=1 (ids in push order): pop 0: push 1 "5*4" g 1 h .5 f 1.5 | pop 1: push 2 "21" g 0 h .9 f .9, and
-# 1 again at f = g = 1 | pop 1 (1 > .9), a fresh draw: push 3 "20" g 1 h .6 f 1.6 | pop 3: push 4 "Answer: 20"
-# g 1 h(q) .6 f 1.6 | pop 4: answer 20. Without: pop 2, push 3 "Answer: 21" g 0 f .9, pop 3: answer 21.
+# redraws=1 (ids in push order; a redraw waits at f = min(g, 1): g for a state, 1 at the root):
+#   pop 0: push 1 "5*4" g 1 h .5 f 1.5, and 0 again at f 1 | pop 1: push 2 "21" g 0 h .9 f .9, and 1 again at
+#   f 1 | pop 0 (f 1, the lower id): its fresh draw is "5*4" again, dropped | pop 1: fresh "20": push 3 g 1
+#   h .6 f 1.6 | pop 3: push 4 "Answer: 20" g 1 h(q) .6 f 1.6 | pop 4: answer 20.
+# Without: pop 0, pop 1, pop 2 (push 3 "Answer: 21" g 0 f .9), pop 3: answer 21.
+# The root's first draw wrong: pop 0: push 1 "6*4" g 0 f .9, and 0 again at f 1 | pop 0: fresh "5*4", push 2
+#   g 1 f 1.5 | pop 2, 3 "20", 4 "Answer: 20": answer 20. Without: 6*4 -> 24 -> Answer: 24.
+ROOT_DRAWS = {**REDRAW_DRAWS, P: [["6*4\n"], ["5*4\n"]], P + "5*4\n": [["20\n"]], P + "6*4\n": [["24\n"]],
+              P + "6*4\n24\n": [["Answer: 24\n"]]}
+ROOT_Q = {**REDRAW_Q, **Q}
 
 
 class _QueuePolicy:
@@ -172,14 +179,18 @@ class _QueuePolicy:
         return out
 
 
-@pytest.mark.parametrize("redraws, popped, answer, tokens", [(1, [0, 1, 1, 3, 4], "20", 4 + 3 + 11 + 3 + 11),
-                                                              (0, [0, 1, 2, 3], "21", 4 + 3 + 11)])
-def test_astar_redraws_a_right_state_before_taking_a_wrong_path(redraws, popped, answer, tokens):
-    models = Models(policy=_QueuePolicy(REDRAW_DRAWS), q=_Critic(REDRAW_Q))
+@pytest.mark.parametrize("draws, q, redraws, popped, answer, tokens", [
+    (REDRAW_DRAWS, REDRAW_Q, 1, [0, 1, 0, 1, 3, 4], "20", 4 + 3 + 11 + 4 + 3 + 11),
+    (REDRAW_DRAWS, REDRAW_Q, 0, [0, 1, 2, 3], "21", 4 + 3 + 11),
+    (ROOT_DRAWS, ROOT_Q, 1, [0, 0, 2, 3, 4], "20", 4 + 3 + 4 + 3 + 11),
+    (ROOT_DRAWS, ROOT_Q, 0, [0, 1, 2, 3], "24", 4 + 3 + 11),
+])
+def test_astar_redraws_a_right_state_before_taking_a_wrong_path(draws, q, redraws, popped, answer, tokens):
+    models = Models(policy=_QueuePolicy(draws), q=_Critic(q))
     res = AStar(top_k=2, g_source="rule", terminal_h="q", redraws=redraws)(
         Problem(id="p", question="(2+3)*4", answer="20"), ARITH, models, Budget(), np.random.default_rng(0))
     assert res.popped == popped and res.answer == answer
-    assert res.spent.generated_tokens == tokens  # the redraw's samples are spent too
+    assert res.spent.generated_tokens == tokens  # the redraws' samples are spent too
 
 
 # ---- the worker fills the configured roles --------------------------------------------------------

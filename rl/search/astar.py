@@ -25,11 +25,13 @@ Design choices:
   best f of any terminal below it) the first terminal popped is the best one. With
   g_source="zero" every terminal has f = 0 and the search is best-first on h over the
   non-terminal frontier; terminals are then taken in the order they were pushed.
-- With `redraws` = R > 0, an expanded state goes back into the open set at f = g(s) (the Q of steps
-  not drawn yet is unknown, so h counts 0) and, popped again, draws top_k fresh candidates (a text it
-  already has is dropped), up to R times. A redraw thus runs only when no open state scores higher: with
-  a rule-based g (1 while every step is right) a right state draws again before A* descends into a wrong
-  one, and a larger budget buys more draws instead of ending at a wrong terminal. R = 0 is Q*'s A*.
+- With `redraws` = R > 0, an expanded state goes back into the open set and, popped again, draws top_k
+  fresh candidates (a text it already has is dropped), up to R times. It waits at the f of a fresh step
+  with the best reward (r = 1, critics score in [0, 1]) and nothing known after it (h = 0):
+  f = Agg(r_1, ..., r_t, 1), which for min is g(s), and 1 at the root. A redraw thus runs only when no
+  open state scores higher: with a rule-based g (1 while every step is right) a right state, the root
+  included, draws again before A* descends into a wrong one, and a larger budget buys more draws instead
+  of ending at a wrong terminal. R = 0 is Q*'s A*.
 - Ties in f go to the state pushed first: the heap holds (-f, node id) and node ids
   are handed out in push order.
 - The search stops at the first terminal popped (Q*), or with `solutions` = M > 1 once M terminals
@@ -142,8 +144,8 @@ class AStar:
     terminal_h: Literal["zero", "q"] = "zero"
     solutions: int = 1              # terminals to pop before stopping (1 = Q*'s first terminal)
     final: Literal["first", "vote"] = "first"   # among the popped terminals: the first, or an f-weighted vote
-    # times an expanded state may draw top_k fresh candidates; it waits in the open set at f = g(s), so a
-    # redraw runs only when no open state scores higher (0 = Q*'s A*: each state is expanded once)
+    # times an expanded state may draw top_k fresh candidates; it waits in the open set at the f of one more
+    # step of reward 1 (g(s) for min), so a redraw runs only when no open state scores higher (0 = Q*'s A*)
     redraws: int = 0
 
     def __post_init__(self):
@@ -195,8 +197,8 @@ class AStar:
                 tree.step_q[child] = q
             tree.expanded[node] = True
             self._push(tree, children, st, task, models, prm, q_critic, spent, rng)
-            if redraws[node] > 0:  # back in the open set at f = g(s): new candidates' Q is unknown (h = 0)
-                heapq.heappush(st.heap, (-st.g[node], node))
+            if redraws[node] > 0:  # back in the open set: a fresh step of reward 1, nothing known after it
+                heapq.heappush(st.heap, (-self._redraw_f(tree, node, prm), node))
 
         solution_tail = ""
         if found:
@@ -249,6 +251,12 @@ class AStar:
         or max_depth reached."""
         return (task.is_terminal(step.text) or not step_is_complete(task, step)
                 or tree.depth[parent] + 1 >= self.max_depth)
+
+    def _redraw_f(self, tree: Tree, node: int, prm) -> float:
+        """f of a redraw at node: g of its path extended by a step of reward 1, with h = 0."""
+        if prm is None:
+            return 0.0  # g is 0 everywhere
+        return f_score(aggregate([*tree.prm[tree.path(node)[1:]], 1.0], self.g_agg), 0.0, lam=self.lam)
 
     def _draw(self, tree: Tree, nodes: list[int], task: Task, models: Models, q_critic, spent: Spent,
               rng: np.random.Generator) -> list[list[tuple[StepSample, float]]]:
