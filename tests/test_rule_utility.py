@@ -152,10 +152,11 @@ REDRAW_DRAWS = {P: [["5*4\n"]], P + "5*4\n": [["21\n"], ["20\n"]], P + "5*4\n21\
                 P + "5*4\n20\n": [["Answer: 20\n"]]}
 REDRAW_Q = {P + "5*4\n": 0.6, P + "5*4\n21\n": 0.5, P + "5*4\n21\nAnswer: 21\n": 0.9,
             P + "5*4\n20\n": 0.6, P + "5*4\n20\nAnswer: 20\n": 0.6}
-# redraws=1 (ids in push order; a redraw waits at f = min(g, 1): g for a state, 1 at the root):
+# redraws=1 (ids in push order; a redraw waits at f = min(g, 1): g for a state, 1 at the root; of equal f
+# the deeper redraw goes first):
 #   pop 0: push 1 "5*4" g 1 h .5 f 1.5, and 0 again at f 1 | pop 1: push 2 "21" g 0 h .9 f .9, and 1 again at
-#   f 1 | pop 0 (f 1, the lower id): its fresh draw is "5*4" again, dropped | pop 1: fresh "20": push 3 g 1
-#   h .6 f 1.6 | pop 3: push 4 "Answer: 20" g 1 h(q) .6 f 1.6 | pop 4: answer 20.
+#   f 1 | pop 1 (f 1 like the root's redraw, but deeper): fresh "20": push 3 g 1 h .6 f 1.6 | pop 3: push 4
+#   "Answer: 20" g 1 h(q) .6 f 1.6 | pop 4: answer 20; the root never redraws.
 # Without: pop 0, pop 1, pop 2 (push 3 "Answer: 21" g 0 f .9), pop 3: answer 21.
 # The root's first draw wrong: pop 0: push 1 "6*4" g 0 f .9, and 0 again at f 1 | pop 0: fresh "5*4", push 2
 #   g 1 f 1.5 | pop 2, 3 "20", 4 "Answer: 20": answer 20. Without: 6*4 -> 24 -> Answer: 24.
@@ -180,7 +181,7 @@ class _QueuePolicy:
 
 
 @pytest.mark.parametrize("draws, q, redraws, popped, answer, tokens", [
-    (REDRAW_DRAWS, REDRAW_Q, 1, [0, 1, 0, 1, 3, 4], "20", 4 + 3 + 11 + 4 + 3 + 11),
+    (REDRAW_DRAWS, REDRAW_Q, 1, [0, 1, 1, 3, 4], "20", 4 + 3 + 11 + 3 + 11),
     (REDRAW_DRAWS, REDRAW_Q, 0, [0, 1, 2, 3], "21", 4 + 3 + 11),
     (ROOT_DRAWS, ROOT_Q, 1, [0, 0, 2, 3, 4], "20", 4 + 3 + 4 + 3 + 11),
     (ROOT_DRAWS, ROOT_Q, 0, [0, 1, 2, 3], "24", 4 + 3 + 11),

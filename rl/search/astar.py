@@ -32,8 +32,10 @@ Design choices:
   open state scores higher: with a rule-based g (1 while every step is right) a right state, the root
   included, draws again before A* descends into a wrong one, and a larger budget buys more draws instead
   of ending at a wrong terminal. R = 0 is Q*'s A*.
-- Ties in f go to the state pushed first: the heap holds (-f, node id) and node ids
-  are handed out in push order.
+- Ties in f go to the state pushed first: the heap holds (-f, rank, node id) with rank = the node id,
+  and node ids are handed out in push order. A redraw's rank is -depth, so among equal f redraws come
+  first, the deepest first: under min, every right state waits at the same f = g, and the deepest is the
+  one whose own draws went wrong.
 - The search stops at the first terminal popped (Q*), or with `solutions` = M > 1 once M terminals
   were popped (the next best solutions in f order, which a larger budget can buy); with final="vote"
   the popped terminals vote, each for its answer with weight f (the answer's best-f terminal is
@@ -117,7 +119,7 @@ class _State:
     g: list[float] = field(default_factory=lambda: [0.0])
     h: list[float] = field(default_factory=lambda: [0.0])
     candidates: dict[int, list[tuple[StepSample, float]]] = field(default_factory=dict)  # open node -> [(step, Q)]
-    heap: list[tuple[float, int]] = field(default_factory=list)  # (-f, node id); ids follow push order
+    heap: list[tuple[float, int, int]] = field(default_factory=list)  # (-f, rank, node id); see the module doc
 
     def grow(self, size: int) -> None:
         """Pad the per-node lists to `size` nodes (new nodes: g = h = 0)."""
@@ -176,7 +178,7 @@ class AStar:
         while st.heap and len(popped) < self.max_expansions:
             if budget.max_tokens and spent.generated_tokens >= budget.max_tokens:
                 break  # pushing children samples their candidates: no new generation past the cap
-            _, node = heapq.heappop(st.heap)
+            _, _, node = heapq.heappop(st.heap)
             popped.append(node)
             tree.visits[node] = 1  # exports show which states A* expanded; `popped` keeps the order
             if tree.terminal[node]:
@@ -198,14 +200,14 @@ class AStar:
             tree.expanded[node] = True
             self._push(tree, children, st, task, models, prm, q_critic, spent, rng)
             if redraws[node] > 0:  # back in the open set: a fresh step of reward 1, nothing known after it
-                heapq.heappush(st.heap, (-self._redraw_f(tree, node, prm), node))
+                heapq.heappush(st.heap, (-self._redraw_f(tree, node, prm), -int(tree.depth[node]), node))
 
         solution_tail = ""
         if found:
             chosen = found[0] if self.final == "first" else self._vote(tree, task, found)
         if chosen is None:
             if st.heap:
-                chosen = st.heap[0][1]  # the best open state: the one A* would pop next
+                chosen = st.heap[0][2]  # the best open state: the one A* would pop next
             else:  # every state was popped and none had candidates: the best f anywhere (first of equals)
                 chosen = int(np.argmax(tree.evaluation[:tree.size]))
             if not tree.terminal[chosen]:  # stops short of an answer: finish it greedily
@@ -312,4 +314,4 @@ class AStar:
                 st.h[i] = tree.step_q[i]
             f = f_score(st.g[i], st.h[i], lam=self.lam)
             tree.evaluation[i] = f
-            heapq.heappush(st.heap, (-f, i))
+            heapq.heappush(st.heap, (-f, i, i))
