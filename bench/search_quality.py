@@ -221,9 +221,16 @@ def main() -> None:
               "tokens at every budget. sc, wvote and bon draw more samples, one per policy call "
               "(search.samples_batch=1) so that, like the step-wise methods, they pass the budget by at most one "
               "generation, and MCTS (search.widen=3: a simulation "
-              "that revisits a scored terminal samples 3 more steps at the deepest node on its path with draws "
-              "left) keeps adding candidates, so these scale with it. The ablation rows leave widen on throughout. "
-              "Seconds per problem are wall time on a 2-core machine and move with whatever else runs."]
+              "that revisits a scored terminal samples 3 more steps at the node on its path, with draws left, "
+              "whose children's values differ most) keeps adding candidates, so these scale with it. The ablation rows leave widen on throughout. "
+              "Seconds per problem are wall time on a 2-core machine and move with whatever else runs.",
+              "",
+              "The (rule) rows: the trained critics here cannot tell a right step from a wrong one much better "
+              "than chance, so search and sampling tie; the task's step check can, and with it the step-wise "
+              "searches spend their budget where a step went wrong (ηMCTS widens where its children's values "
+              "differ, A* redraws at the deepest right state) while best-of-N must draw whole solutions. "
+              "A*'s mean tokens pass the cap by more than the others' because one pop samples top_k candidates "
+              "for each new child in a single call."]
     measured = {}
     for r in records + [{**r, "critics": "ablation"} for r in ablation]:
         measured.setdefault(r["critics"].replace("none", "trained"), set()).add(r.get("commit", "not recorded"))
