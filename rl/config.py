@@ -111,7 +111,8 @@ class SearchConfig:
     max_terminals: int = 0         # stop after this many terminal nodes were visited (0 = off)
     final: Literal["visits", "value", "vote"] = "visits"
     # once every proposed path ends in an answer, a simulation that revisits a scored terminal samples this
-    # many more steps at the deepest node on its path with fewer than widen_max_draws draws (0 = off)
+    # many more steps at the node on its path with fewer than widen_max_draws draws whose children's values
+    # differ most (AlphaLLM's importance; the deepest of equals) (0 = off)
     widen: int = 0
     widen_max_draws: int = 12
     # critic roles ("value", "prm", "orm") filled by the task's rule-based step utility instead of a trained
@@ -137,10 +138,13 @@ class SearchConfig:
     astar_temperature: float = 0.3
     astar_solutions: int = 1       # terminals A* pops before it stops (1 = the first, as in Q*)
     astar_final: Literal["first", "vote"] = "first"   # among them: the first popped, or an f-weighted vote
-    astar_redraws: int = 0         # fresh top-K draws an expanded state may make, queued at f = g (0 = Q*'s A*)
+    # fresh top-K draws an expanded state may make, queued at the f of one more step of reward 1 (g under min,
+    # 1 at the root) (0 = Q*'s A*)
+    astar_redraws: int = 0
 
     def __post_init__(self) -> None:
-        from rl.search import check_search_config  # here, not at the top: rl.search imports rl.tasks, which imports this
+        # imported here, not at the top: rl.search imports rl.tasks, which imports this module
+        from rl.search import check_search_config
         try:
             check_search_config(self)  # every method is built from these fields, so each is checked where it is read
         except ValueError as e:

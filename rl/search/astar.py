@@ -47,8 +47,9 @@ Design choices:
   completed greedily by the policy when it is not terminal; that completion always runs so
   every result carries a full solution, and may overshoot the cap.
 - Critics: g reads models.prm (fallback models.value; not called when g_source="zero" or
-  g_agg="zero"), or with g_source="rule" the task's step_utilities (rl.grading.RuleCritic, no model), h reads models.q (fallback models.value); both are checked before any
-  generation. critic_calls counts texts scored, one per (state) or (state, step).
+  g_agg="zero"), or with g_source="rule" the task's step_utilities (rl.grading.RuleCritic, no model);
+  h reads models.q (fallback models.value); both are checked before any generation. critic_calls
+  counts texts scored, one per (state) or (state, step).
 """
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ A node is an option: a step whose end the task's termination function decides
      or, at a terminal node, the reward (the verifier, when labels are allowed) or the critics,
   4. backs the score up to the root.
 Once every path the policy proposes ends in an answer, simulations only revisit scored terminals and
-spend nothing; with `widen` > 0 such a revisit instead samples `widen` more steps at the deepest node
-on its path that has drawn fewer than `widen_max_draws` steps, so the search keeps turning its token
+spend nothing; with `widen` > 0 such a revisit instead samples `widen` more steps at the node on its
+path, of those that have drawn fewer than `widen_max_draws` steps, whose children's values differ most
+(importance, the deepest of equals), so the search keeps turning its token
 budget into new candidates (a simulation whose new samples all merge into known siblings backs up the
 revisited terminal as before). With `final="vote"` those candidates vote.
 With the defaults (fixed width, no merge beyond identical text, V only) this is plain MCTS.

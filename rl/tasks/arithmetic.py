@@ -27,7 +27,7 @@ import numpy as np
 from rl.config import ArithmeticConfig
 from rl.grading import answers_equal, extract_final_answer
 from rl.grading.answers import ANSWER_PREFIX
-from rl.tasks.base import Problem
+from rl.tasks.base import Problem, question_and_steps
 from rl.tasks.termination import NewlineStep, Termination
 
 EVAL_BUCKETS = 5  # one question hash bucket in five is held out for evaluation
@@ -110,13 +110,9 @@ class ArithmeticTask:
         utility, rl.grading.RuleCritic). A line after a wrong one is judged against that wrong line, so
         each step's utility is its own, and `min` over a path says whether all of it is right.
         """
-        lines = state.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # the newline that ends the last step
-        if not lines or not lines[0].startswith("Q: "):
-            raise ValueError(f"not an arithmetic state (it should start with 'Q: '): {state[:40]!r}")
-        above, out = lines[0][3:], []
-        for line in lines[1:]:
+        above, steps = question_and_steps(state, "arithmetic")
+        out = []
+        for line in steps:
             value = evaluate_expression(above)
             if line.startswith(ANSWER_PREFIX):
                 right = value is not None and extract_final_answer(line) == str(value)

@@ -40,6 +40,19 @@ class Task(Protocol):
         """n distinct problems of a split ('train' or 'eval'), deterministic in seed."""
 
 
+QUESTION_PREFIX = "Q: "  # the prompt of the arithmetic and GSM8K tasks: "Q: <question>\n", then one step per line
+
+
+def question_and_steps(state: str, task: str) -> tuple[str, list[str]]:
+    """(question, step lines) of a state, prompt + newline steps; ValueError naming the task otherwise."""
+    lines = state.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last step
+    if not lines or not lines[0].startswith(QUESTION_PREFIX):
+        raise ValueError(f"not a state of the {task} task (it should start with {QUESTION_PREFIX!r}): {state[:40]!r}")
+    return lines[0][len(QUESTION_PREFIX):], lines[1:]
+
+
 def save_problems(problems: list[Problem], path: str | Path) -> None:
     """Write problems as JSONL, atomically (a temp file renamed into place)."""
     path = Path(path)

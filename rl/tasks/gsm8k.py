@@ -31,7 +31,7 @@ import numpy as np
 from rl.config import GSM8KConfig
 from rl.grading.answers import extract_gsm8k_answer, normalize_number, numbers_equal
 from rl.tasks.arithmetic import split_of
-from rl.tasks.base import Problem
+from rl.tasks.base import Problem, question_and_steps
 from rl.tasks.termination import NewlineStep, Termination
 
 FINAL_PREFIX = "The answer is"
@@ -174,12 +174,7 @@ class GSM8KTask:
         A calculator check: a step is 0.0 when one of its "a op b = c" computations is wrong, else 1.0
         (steps with no computation it can judge, and the answer line, are 1.0). rl.grading.RuleCritic serves it.
         """
-        prompt = state.split("\n", 1)
-        if not prompt[0].startswith("Q: "):
-            raise ValueError(f"not a GSM8K state (it should start with 'Q: '): {state[:40]!r}")
-        steps = prompt[1].split("\n") if len(prompt) > 1 else []
-        if steps and steps[-1] == "":
-            steps.pop()
+        _, steps = question_and_steps(state, "GSM8K")
         return [float(all(computations(step))) for step in steps]
 
     def generate(self, n: int, seed: int, split: str = "train") -> list[Problem]:
