@@ -19,7 +19,8 @@ The value critic is a hash of the state (cheap and deterministic) so that the nu
 generation, and terminal nodes are scored by the verifier. Tokens/s = generated tokens / wall seconds
 of the workload (for the ceiling: of the generate calls).
 
-Writes docs/results/engine.md and docs/results/engine.json.
+Writes docs/results/engine.md and docs/results/engine.json (with bench/provenance.py's commit, versions and
+machine at its top level; the CPU, threads and load average under machine_details).
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ import transformers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.provenance import provenance  # noqa: E402
 from rl.config import ArithmeticConfig, BootstrapConfig, EmbeddedModelConfig  # noqa: E402
 from rl.losses import sft_batch, sft_loss  # noqa: E402
 from rl.models.embedded import build_embedded_model  # noqa: E402
@@ -251,7 +253,7 @@ def machine() -> dict:
 
 
 def write_markdown(path: Path, out: dict) -> None:
-    m, w = out["machine"], out["workload"]
+    m, w = out["machine_details"], out["workload"]
     lines = [
         "# Engine throughput under an MCTS workload",
         "",
@@ -316,7 +318,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     task = ArithmeticTask(ArithmeticConfig())
-    out = {"machine": machine(),
+    # commit, versions, machine (a one-line summary) before measuring; the details of the machine beside them
+    out = {**provenance(), "machine_details": machine(),
            "workload": {"simulations": args.simulations, "branching": args.branching,
                         "max_batch_size": args.max_batch_size, "problem_seed": PROBLEM_SEED},
            "sizes": {}}

@@ -24,7 +24,8 @@ Not a test: it measures. Usage:
    disabled); the learner's idle time in sync mode is not logged and is taken as time/search, during which
    the learner waits.
 
-Writes scaling.json and scaling.md to --out-dir (docs/results by default).
+Writes scaling.json and scaling.md to --out-dir (docs/results by default). scaling.json carries
+bench/provenance.py's commit, versions and machine at its top level, the machine's details under machine_details.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import torch  # noqa: E402
 from ray.util import remove_placement_group  # noqa: E402
 
 from actors.rollout import RolloutPool  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 from actors.runtime import threads_for  # noqa: E402
 from launch.controller import BOOTSTRAP_SEED_OFFSET, Controller  # noqa: E402
 from learners.group import LearnerGroup  # noqa: E402
@@ -247,7 +249,7 @@ def fmt(x, spec=".3f") -> str:
 def write_report(out_dir: Path, res: dict, command: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scaling.json").write_text(json.dumps(res, indent=1))
-    m, ro, pub, lp = res["machine"], res["rollout"], res["publish"], res["loop"]
+    m, ro, pub, lp = res["machine_details"], res["rollout"], res["publish"], res["loop"]
     goals = res["goals"]
 
     def met(key: str) -> str:
@@ -357,6 +359,7 @@ def main() -> None:
         overrides = merged(QUICK_OVERRIDES, overrides)
         loop_overrides = merged(loop_overrides, QUICK_LOOP)
     command = "python bench/scaling.py " + " ".join(sys.argv[1:])
+    prov = provenance()  # before measuring: the code and packages that ran
     load_at_start = os.getloadavg()
     t_start = time.perf_counter()
     # run_dir is required by the config but unused by parts 1 and 2; part 3 gives each run its own
@@ -375,7 +378,7 @@ def main() -> None:
         loop["overrides"] = loop_all
 
     res: dict = {
-        "machine": machine(load_at_start), "command": command, "seconds": time.perf_counter() - t_start,
+        **prov, "machine_details": machine(load_at_start), "command": command, "seconds": time.perf_counter() - t_start,
         "config": {"file": os.path.relpath(args.config, ROOT), "overrides": overrides,
                    "model.embedded": dataclasses.asdict(base_cfg.model.embedded)},
         "rollout_speedup_2_actors": rollout["speedup_problems"],

@@ -25,7 +25,8 @@ timed from the driver, from the first call to the last reply:
 `--gap` seconds of idle (in training a publish follows a training phase; back to back, a put can race the
 store's asynchronous free of the previous version and land on pages it must fault in again: 15.7k minor
 faults and ~70 ms for a 40 MB put here, against ~50 faults and ~14 ms on pages the freed version left mapped).
-The medians are reported, and ratio = transport seconds / raw seconds. Writes JSON to --out.
+The medians are reported, and ratio = transport seconds / raw seconds. Writes JSON to --out, with
+bench/provenance.py's commit, versions and machine at its top level.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.runtime import runtime_env  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 from learners.broadcast import (BUCKET_MB, CollectiveReceiver, CollectiveSender,  # noqa: E402
                                 ObjectStoreTransport, broadcast_async, flatten, plan_buckets, unflatten,
                                 weights_spec)
@@ -200,12 +202,15 @@ def main() -> None:
         ap.error(f"unknown sizes {unknown}: use {', '.join(SIZES)}")
 
     load_at_start = os.getloadavg()  # other jobs on a shared machine make single rounds noisy
+    prov = provenance()  # before measuring: the code and packages that ran
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     results = {s: measure(s, args.repeats, args.bucket_mb, args.hold, args.warmup, args.gap) for s in sizes}
     ray.shutdown()
 
-    out: dict = {"machine": {"cores": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
-                             "python": platform.python_version(), "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
+    out: dict = {**prov,
+                 "machine_details": {"cores": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
+                                     "python": platform.python_version(), "load_average_at_start": load_at_start,
+                                     "load_average_at_end": os.getloadavg()},
                  "setup": {"receivers": 2, "bucket_mb": args.bucket_mb, "repeats": args.repeats,
                            "warmup": args.warmup, "gap_seconds": args.gap, "hold": args.hold,
                            "statistic": f"median after {args.warmup} warm-up rounds"},

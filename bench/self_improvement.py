@@ -6,15 +6,16 @@ Not a test: it runs the real training loop (Ray actors, DeepSpeed learner) and r
     python bench/self_improvement.py                       # the embedded recipe, configs/self_improvement.yaml
     python bench/self_improvement.py loop.rounds=2         # any dotted override of that config
 
-Writes docs/results/self_improvement.json (a list of rounds: round, greedy_acc, mcts_acc, astar_acc,
-value_ece and the held-out ECE of every critic) and docs/results/self_improvement.md.
+Writes docs/results/self_improvement.json ({commit, versions, machine} from bench/provenance.py, taken
+before training (with --tables-only: when the tables are written), and rounds: a list of rounds with round,
+greedy_acc, mcts_acc, astar_acc, value_ece and the held-out ECE of every critic) and
+docs/results/self_improvement.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray on loopback only
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from bench.provenance import provenance  # noqa: E402
 from launch.controller import Controller  # noqa: E402
 from rl.config import load_config  # noqa: E402
 
@@ -40,6 +42,7 @@ def main() -> None:
     if cfg.search.method != "mcts" or "astar" not in cfg.loop.eval_methods or "q" not in cfg.learner.critics:
         raise SystemExit(f"{args.config}: the table needs search.method=mcts, loop.eval_methods with astar "
                          "and learner.critics with q")
+    prov = provenance()  # before training: the code and packages that ran
     if args.tables_only:
         summary = json.loads((Path(args.run_dir) / "summary.json").read_text())
     else:
@@ -55,10 +58,10 @@ def main() -> None:
                "seconds": r["seconds"]} for r in summary]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "self_improvement.json").write_text(json.dumps(rounds, indent=1))
+    (out / "self_improvement.json").write_text(json.dumps({**prov, "rounds": rounds}, indent=1))
     first, last = rounds[0], rounds[-1]
     heldout = sorted({k for r in rounds for k in r if k.startswith("heldout_")})
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
+    machine = prov["machine"]
     c = cfg
     lines = [
         "# Self-improvement on the embedded arithmetic task", "",
