@@ -90,6 +90,30 @@ def binary_auc(scores, labels) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def within_problem_auc(scores, labels, groups) -> tuple[float, int]:
+    """Mean over groups (problems) of binary_auc within the group, over the groups holding both classes,
+    and how many such groups there are: (nan, 0) when none does.
+
+    This is what a search needs from a critic: to rank one problem's right candidates above its wrong
+    ones. Pooled AUC also rewards telling easy problems from hard ones, which a search cannot use.
+
+    Args:
+        scores: [n] any real scores.
+        labels: [n] 0/1 (targets >= 0.5 count as 1).
+        groups: [n] hashable problem ids.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = (np.asarray(labels, dtype=np.float64).reshape(-1) >= 0.5).astype(np.float64)
+    g = list(groups)
+    if not (s.size == y.size == len(g)):
+        raise ValueError(f"within_problem_auc: {s.size} scores, {y.size} labels and {len(g)} groups")
+    by: dict = {}
+    for i, key in enumerate(g):
+        by.setdefault(key, []).append(i)
+    aucs = [binary_auc(s[idx], y[idx]) for idx in by.values() if 0 < y[idx].sum() < len(idx)]
+    return (float(np.mean(aucs)) if aucs else float("nan")), len(aucs)
+
+
 def calibration_error(probs, targets, *, bins: int = 10) -> float:
     """ECE against targets in [0, 1]: sum_b (n_b / n) * |mean target_b - mean prob_b| over equal-width
     bins of the predicted probability. With 0/1 targets this is expected_calibration_error; with soft
