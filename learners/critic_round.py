@@ -4,7 +4,9 @@ Runs where the records already are (the learner rank, which receives them from t
 object refs, not through the driver). Each critic trains on the training problems' labels; half of
 the held-out problems' labels (rl.labels.is_heldout: stable splits by problem id) calibrate it by
 temperature scaling folded into its head (learner.calibrate), and the other half report it: loss,
-precision, recall, ECE and AUC under `critic/{name}_...`, and the fitted `critic/{name}_temperature`.
+precision, recall, ECE and AUC under `critic/{name}_...`, the mean AUC within one problem over the report
+problems with both outcomes (`critic/{name}_auc_within`, and how many: `..._auc_within_problems`), and the
+fitted `critic/{name}_temperature`.
 
     V    Monte Carlo targets of the sampled replay records (rl.experience.value_examples), plus the
          verifier reward of each prompt's greedy solution (CriticExample kind "value")
@@ -22,7 +24,7 @@ import numpy as np
 from rl.config import LabelsConfig
 from rl.experience import CriticExample, NodeExperience, value_examples
 from rl.labels import best_reward_below, is_heldout, terminal_examples, tree_transitions
-from rl.metrics import critic_report, fit_temperature
+from rl.metrics import critic_report, fit_temperature, within_problem_auc
 
 MIN_CALIBRATION = 50  # held-out examples needed to fit a temperature; fewer and the critic is left as trained
 
@@ -55,7 +57,12 @@ def calibrate_and_report(learner: "Learner", name: str, texts: list[str], target
             learner.scale_head(name, 1.0 / temp)
             metrics[f"critic/{name}_temperature"] = temp
             texts, targets = [t for t, c in zip(texts, cal) if not c], targets[~cal]
-    return {**metrics, **critic_report(name, learner.critic_scores(name, texts), targets)}
+            problem_ids = [p for p, c in zip(problem_ids, cal) if not c]
+    scores = learner.critic_scores(name, texts)
+    # ranking within one problem (what a search needs), over the report problems with both outcomes
+    auc_within, n_within = within_problem_auc(scores, targets, problem_ids)
+    return {**metrics, **critic_report(name, scores, targets), f"critic/{name}_auc_within": auc_within,
+            f"critic/{name}_auc_within_problems": n_within}
 
 
 def drop_stale(records: list, version: int, max_staleness: int | None) -> tuple[list, int]:
