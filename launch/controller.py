@@ -26,6 +26,7 @@ from rl.imagination import REWRITE_COUNTS, Curriculum, arithmetic_config_for, bu
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
 from rl.search.export import tree_html
+from rl.search.stats import DIVERSITY_KEYS, diversity_metrics
 from rl.grading import check_rule_config
 from rl.tasks import build_task, load_problems
 from rl.tasks.base import Problem
@@ -172,6 +173,9 @@ class Controller:
                "train_solved": metrics.get("rollout/solved_frac", float("nan")), "value_ece": metrics["eval/value_ece"],
                **{f"heldout_{k[len('critic/'):]}": v for k, v in metrics.items()
                   if k.startswith("critic/") and k.endswith("_ece")},
+               **{f"auc_within_{k[len('critic/'):-len('_auc_within')]}": v for k, v in metrics.items()
+                  if k.startswith("critic/") and k.endswith("_auc_within")},
+               **{f"search_{k}": metrics[f"search/{k}"] for k in DIVERSITY_KEYS if f"search/{k}" in metrics},
                **{f"imagination_{k}": metrics[f"imagination/{k}"] for k in REWRITE_COUNTS
                   if f"imagination/{k}" in metrics},
                "policy_version": version,
@@ -274,6 +278,7 @@ class Controller:
             "rollout/nodes": sum(b.sent_nodes for b in batches), "rollout/critic_examples": len(examples),
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),
             "rollout/policy_versions": len({b.policy_version for b in batches}),
+            **diversity_metrics([s for b in batches for s in b.stats]),
             **({"imagination/level": Curriculum(c.imagination.start_level, c.imagination.end_level,
                                                  c.imagination.ramp_rounds, c.imagination.easy_frac).level(r)}
                if c.imagination.curriculum and not c.task.train_data else {}),

@@ -20,6 +20,7 @@ from rl.models import Policy, ValueCritic
 from rl.models.engine import Engine
 from rl.models.weights import Weights
 from rl.search import Budget, Models, build_search, greedy_batch
+from rl.search.stats import SearchStats, tree_stats
 from rl.tasks.base import Problem, Task
 
 GREEDY_BATCH = 64  # problems per batched greedy generate
@@ -46,6 +47,7 @@ class RolloutBatch:
     trees: list[dict] = field(default_factory=list)          # exported trees (Tree.to_json + ids), if asked
     examples: list[CriticExample] = field(default_factory=list)  # PRM (Math-Shepherd) and stronger-policy Q labels
     sent_nodes: int = 0     # node records sent straight to a replay actor (then `nodes` is empty)
+    stats: list[SearchStats] = field(default_factory=list)   # diversity counts of each search's tree
     policy_version: int = 0
     critic_version: int = 0
 
@@ -130,6 +132,7 @@ class RolloutWorker:
             if traj is not None:
                 out.trajectories.append(traj)
             out.records.append(self._record(p, res.answer, res.spent.generated_tokens, res.spent.seconds))
+            out.stats.append(tree_stats(res.tree, self.task, p))
             if len(out.trees) < export_trees:
                 out.trees.append({**res.tree.to_json(res.chosen), "problem_id": p.id, "answer": res.answer,
                                   "gold": p.answer})

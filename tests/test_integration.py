@@ -40,6 +40,13 @@ def test_one_round_writes_summary_checkpoints_and_versions(run_dir):
         assert 0.0 <= r["greedy_acc"] <= 1.0 and 0.0 <= r["search_acc"] <= 1.0 and r["seconds"] > 0
         assert 0.0 <= r["value_ece"] <= 1.0
     assert [r["policy_version"] for r in rows] == [1, 2]          # one publish per round
+    from rl.search.stats import DIVERSITY_KEYS
+    searched = rows[1]                                           # round 0 bootstraps: no search, no diversity
+    keys = {f"search_{k}" for k in DIVERSITY_KEYS}
+    assert not keys & set(rows[0]) and keys <= set(searched)
+    assert searched["search_distinct_children"] >= 1.0 and 0.0 <= searched["search_pass_any"] <= 1.0
+    assert searched["search_unique_answers"] >= searched["search_pass_any"]   # a right answer is an answer
+    assert ("heldout_value_ece" in searched) == ("auc_within_value" in searched)  # both from the held-out report
     for rnd in (0, 1):
         ck = run_dir / "checkpoints" / f"round_{rnd:04d}"
         assert (ck / "policy" / "model.safetensors").is_file() and (ck / "policy" / "tokenizer.json").is_file()
@@ -60,7 +67,8 @@ def test_wandb_offline_run_holds_the_round_metrics(run_dir):
     assert len(runs) == 1
     out = subprocess.run(["wandb", "leet", "inspect", str(runs[0])], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac", "search/tree_0"):
+    for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac", "search/tree_0",
+                "search/distinct_children", "search/merged_samples", "search/unique_answers", "search/pass_any"):
         assert key in out.stdout
 
 
