@@ -6,8 +6,9 @@ import ray
 
 from actors.placement import RolloutPlacement
 from actors.runtime import runtime_env, threads_for
-from rl.config import Config, ImaginationConfig
+from rl.config import Config, ImaginationConfig, RFTConfig
 from rl.models.weights import split_models
+from rl.rft import RFTSample
 from rl.rollout import EvalRecord, RolloutBatch, RolloutWorker
 from rl.tasks import build_task
 from rl.tasks.base import Problem
@@ -103,6 +104,11 @@ class RolloutPool:
                                                                       export_trees=export_trees), progress)
         return self._map(problems, lambda a, c: a.search.remote(c, use_reward=True, export_trees=export_trees),
                          progress)
+
+    def rft_samples(self, problems: list[Problem], cfg: RFTConfig, progress=None) -> list[RFTSample]:
+        """cfg.samples verified-scored solutions per problem (RolloutWorker.rft_samples), in problem order."""
+        parts = self._map(problems, lambda a, c: a.rft_samples.remote(c, cfg), progress)
+        return [s for part in parts for s in part]
 
     def evaluate(self, problems: list[Problem], method: str, progress=None) -> list[EvalRecord]:
         parts = self._map(problems, lambda a, c: a.evaluate.remote(c, method), progress)

@@ -25,6 +25,7 @@ from rl.config import Config, to_dict
 from rl.imagination import REWRITE_COUNTS, Curriculum, arithmetic_config_for, build_ngram_index
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
+from rl.rft import rft_metrics, select_verified
 from rl.search.export import tree_html
 from rl.search.stats import DIVERSITY_KEYS, diversity_metrics
 from rl.grading import check_rule_config
@@ -45,6 +46,10 @@ class Controller:
         if cfg.imagination.curriculum and cfg.task.name != "arithmetic":
             raise ValueError(f"imagination.curriculum grows the arithmetic generator; task.name = {cfg.task.name!r} "
                              "has none (imagination.rewrite synthesizes prompts for language tasks)")
+        if cfg.loop.method == "rft" and cfg.loop.mode != "sync":
+            raise ValueError(f"loop.method = 'rft' runs in loop.mode = 'sync' only, got {cfg.loop.mode!r}")
+        if cfg.loop.method == "rft" and cfg.imagination.rewrite:
+            raise ValueError("loop.method = 'rft' does not rewrite prompts: set imagination.rewrite = false")
         self.task = build_task(cfg.task)
         check_rule_config(self.task, cfg.search)  # a rule-based utility the task lacks: named before any work
         self.eval_problems = self._eval_problems()
@@ -160,8 +165,14 @@ class Controller:
         metrics: dict = {}
         if r == 0:
             metrics.update(self._bootstrap())
+        elif self.cfg.loop.method == "rft":
+            metrics.update(self._rft_and_learn(r))
         else:
             metrics.update(self._search_and_learn(r))
+        # every token the policy generated for this round's training data (0 in round 0: gold solutions)
+        metrics["tokens/generated"] = int(metrics.get("tokens/generated", 0))
+        before = self.summary[-1].get("tokens_cumulative", 0) if self.summary else 0
+        metrics["tokens/cumulative"] = int(before) + metrics["tokens/generated"]
         t_push = time.perf_counter()
         version = self.learner.publish(self.pool)
         self.version = version
@@ -178,6 +189,7 @@ class Controller:
                **{f"search_{k}": metrics[f"search/{k}"] for k in DIVERSITY_KEYS if f"search/{k}" in metrics},
                **{f"imagination_{k}": metrics[f"imagination/{k}"] for k in REWRITE_COUNTS
                   if f"imagination/{k}" in metrics},
+               "tokens_generated": metrics["tokens/generated"], "tokens_cumulative": metrics["tokens/cumulative"],
                "policy_version": version,
                "seconds": round(time.perf_counter() - t0, 1)}
         self.summary.append(row)
@@ -272,7 +284,10 @@ class Controller:
                                              beta=c.learner.dpo_beta, epochs=c.learner.dpo_epochs))
         self._save_trees(r, [t for b in batches for t in b.trees][:c.loop.log_trees])
         records = [rec for b in batches for rec in b.records]
+        search_tokens, label_tokens = sum(rec.tokens for rec in records), sum(b.label_tokens for b in batches)
         metrics.update({
+            "rollout/search_tokens": search_tokens, "rollout/label_tokens": label_tokens,
+            "tokens/generated": search_tokens + label_tokens,
             "rollout/solved_frac": len(trajs) / len(problems),
             "rollout/search_acc": float(np.mean([rec.correct for rec in records])),
             "rollout/nodes": sum(b.sent_nodes for b in batches), "rollout/critic_examples": len(examples),
@@ -286,6 +301,30 @@ class Controller:
                                        and self.version - b.policy_version > max_staleness),
             **ray.get(self.replay.metrics.remote()),
             "perf/problems_per_s": len(problems) / metrics["time/search"]})
+        return metrics
+
+    def _rft_and_learn(self, r: int) -> dict:
+        """An RFT round (loop.method: rft): the rollout actors sample rft.samples solutions per prompt of round
+        r, the verified ones (deduplicated, rft.max_per_prompt per prompt) fine-tune the policy by the same
+        Learner.train_policy as the search loop. No critic is trained; the kept samples go to
+        run_dir/rft/round_<r>.jsonl."""
+        c = self.cfg
+        problems = self.train_problems(r)
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(problems), desc=f"round {r} rft", leave=False, disable=not self.console, position=1)
+        samples = self.pool.rft_samples(problems, c.rft, progress=bar.update)
+        bar.close()
+        metrics = {"time/search": time.perf_counter() - t0}
+        if self._last_search_done is not None:
+            metrics["time/rollout_idle"] = t0 - self._last_search_done
+        self._last_search_done = time.perf_counter()
+        kept = select_verified(samples, max_per_prompt=c.rft.max_per_prompt)
+        out = self.run_dir / "rft"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"round_{r:04d}.jsonl").write_text("".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in kept))
+        metrics.update(rft_metrics(samples, kept, len(problems)))
+        metrics.update(self.learner.call(Learner.train_policy, [s.prompt for s in kept], [s.solution for s in kept]))
+        metrics["perf/problems_per_s"] = len(problems) / metrics["time/search"]
         return metrics
 
     def _save_trees(self, r: int, trees: list[dict]) -> None:

@@ -286,6 +286,9 @@ class LabelsConfig:
 @dataclass
 class LoopConfig:
     rounds: int = 4
+    # how a round makes the policy's training data: search (search -> critics -> SFT on the best
+    # trajectories), or rft (N samples per prompt, the verified ones -> SFT; the rft section)
+    method: Literal["search", "rft"] = "search"
     prompts_per_round: int = 128
     eval_size: int = 200           # held-out problems for greedy accuracy
     eval_search_size: int = 100    # held-out problems for search accuracy (a prefix of the above)
@@ -297,6 +300,25 @@ class LoopConfig:
     max_staleness: int = 1
     # more methods evaluated each round on the eval_search_size problems, besides greedy and search.method
     eval_methods: list[Literal["greedy", "sc", "wvote", "bon", "beam", "mcts", "astar"]] = field(default_factory=list)
+
+
+@dataclass
+class RFTConfig:
+    """Rejection-sampling fine-tuning (loop.method: rft; rl/rft.py): per prompt, `samples` complete solutions
+    from the policy; the ones the task's verifier accepts, deduplicated by text, up to max_per_prompt per
+    prompt, are the round's SFT data (RFT / ReST-EM / STaR). No search, no critic training."""
+    samples: int = 8               # N solutions sampled per prompt
+    temperature: float = 0.8       # their sampling temperature (configs/arithmetic.yaml's search.temperature)
+    max_per_prompt: int = 4        # distinct verified solutions kept per prompt for SFT
+    batch_size: int = 64           # sequences per policy call
+
+    def __post_init__(self) -> None:
+        bad = [k for k, ok in (("samples", self.samples >= 1), ("max_per_prompt", self.max_per_prompt >= 1),
+                               ("batch_size", self.batch_size >= 1), ("temperature", self.temperature > 0.0))
+               if not ok]
+        if bad:
+            raise ConfigError(f"rft.{bad[0]} = {getattr(self, bad[0])!r} is out of range (samples, max_per_prompt "
+                              "and batch_size >= 1; temperature > 0: at 0 every sample is the greedy one)")
 
 
 @dataclass
@@ -320,6 +342,7 @@ class Config:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

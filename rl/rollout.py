@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rl.config import ImaginationConfig, LabelsConfig, SearchConfig
+from rl.config import ImaginationConfig, LabelsConfig, RFTConfig, SearchConfig
 from rl.experience import CriticExample, NodeExperience, Trajectory, experiences_from_search
 from rl.grading import RuleCritic, check_rule_config
 from rl.imagination import synthesize
@@ -19,6 +19,7 @@ from rl.labels import math_shepherd_labels
 from rl.models import Policy, ValueCritic
 from rl.models.engine import Engine
 from rl.models.weights import Weights
+from rl.rft import RFTSample, sample_solutions
 from rl.search import Budget, Models, build_search, greedy_batch
 from rl.search.stats import SearchStats, tree_stats
 from rl.tasks.base import Problem, Task
@@ -48,6 +49,9 @@ class RolloutBatch:
     examples: list[CriticExample] = field(default_factory=list)  # PRM (Math-Shepherd) and stronger-policy Q labels
     sent_nodes: int = 0     # node records sent straight to a replay actor (then `nodes` is empty)
     stats: list[SearchStats] = field(default_factory=list)   # diversity counts of each search's tree
+    # tokens generated for the critics' labels (Math-Shepherd and stronger-policy completions, the greedy
+    # solutions V learns from); the searches' own tokens are in records[i].tokens
+    label_tokens: int = 0
     policy_version: int = 0
     critic_version: int = 0
 
@@ -93,6 +97,7 @@ class RolloutWorker:
         check_rule_config(task, search_cfg)  # a task without a rule-based utility fails here, before any work
         self.rng = np.random.default_rng(seed)
         self.pid = os.getpid()
+        self.label_tokens = 0  # generated for critic labels so far (RolloutBatch.label_tokens: one call's share)
 
     @property
     def value(self) -> ValueCritic:
@@ -118,6 +123,7 @@ class RolloutWorker:
         models = self.models(reward)
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
         out = RolloutBatch(policy_version=self.policy.version, critic_version=self.value.version)
+        label_tokens_before = self.label_tokens
         searched = []
         for p, res in zip(problems, self._run_searches(method, problems, models, budget)):
             if use_reward:  # label the tree's terminals for training, whatever the search scored them with
@@ -143,7 +149,16 @@ class RolloutWorker:
             out.examples += self.stronger_q_examples(searched)
         if use_reward and self.labels.value_greedy:
             out.examples += self.greedy_value_examples(problems)
+        out.label_tokens = self.label_tokens - label_tokens_before
         return out
+
+    def rft_samples(self, problems: list[Problem], cfg: RFTConfig) -> list[RFTSample]:
+        """cfg.samples complete solutions per problem from the policy at cfg.temperature, each scored by the
+        task's verifier (rl.rft.sample_solutions); capped like the search's solutions."""
+        cap = self.search_cfg.step_max_tokens * self.search_cfg.max_depth
+        return sample_solutions(problems, self.task, self.policy, n=cfg.samples, temperature=cfg.temperature,
+                                max_new_tokens=cap, batch_size=cfg.batch_size, rng=self.rng,
+                                policy_version=self.policy.version)
 
     def greedy_value_examples(self, problems: list[Problem]) -> list[CriticExample]:
         """V labels from the policy's greedy solution of each problem: (prompt + solution, verifier reward)."""
@@ -152,6 +167,7 @@ class RolloutWorker:
         for i in range(0, len(problems), GREEDY_BATCH):
             chunk = problems[i:i + GREEDY_BATCH]
             for p, r in zip(chunk, greedy_batch(chunk, self.task, self.policy, max_new_tokens=cap)):
+                self.label_tokens += r.spent.generated_tokens
                 out.append(CriticExample(id=f"{p.id}/v{self.policy.version}/value/greedy", problem_id=p.id,
                                          kind="value", text=self.task.prompt(p) + r.solution,
                                          target=float(self.task.reward(p, r.solution)),
@@ -181,8 +197,10 @@ class RolloutWorker:
         cap = self.search_cfg.step_max_tokens * self.search_cfg.max_depth
         texts = []
         for i in range(0, len(prefixes), LABEL_BATCH):
-            texts += [c.text for c in policy.complete(prefixes[i:i + LABEL_BATCH], max_new_tokens=cap,
-                                                      temperature=temperature, seed=int(self.rng.integers(2**31)))]
+            outs = policy.complete(prefixes[i:i + LABEL_BATCH], max_new_tokens=cap, temperature=temperature,
+                                   seed=int(self.rng.integers(2**31)))
+            self.label_tokens += sum(c.num_tokens for c in outs)
+            texts += [c.text for c in outs]
         return texts
 
     def prm_examples(self, searched: list) -> list[CriticExample]:

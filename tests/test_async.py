@@ -24,3 +24,7 @@ def test_async_rounds_overlap_search_and_training_and_drop_stale_experience(tmp_
     assert m["async/max_staleness"] == 1 and m["async/dropped_nodes"] > 0
     assert m["async/dropped_nodes"] == m["rollout/stale_nodes"]
     assert "time/learner_idle" in m
+    # every generated token of a search round is counted: the searches' and the critic labels' (greedy V labels)
+    assert m["tokens/generated"] == m["rollout/search_tokens"] + m["rollout/label_tokens"]
+    assert m["rollout/search_tokens"] > 0 and m["rollout/label_tokens"] > 0
+    assert rows[2]["tokens_cumulative"] == rows[1]["tokens_generated"] + rows[2]["tokens_generated"]
