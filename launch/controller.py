@@ -209,6 +209,8 @@ class Controller:
         m = self.learner.call(Learner.train_policy, prompts, [p.solution for p in probs], steps=b.steps, lr=b.lr)
         if self.cfg.model.value is None:  # the critics start from the bootstrapped backbone
             self.learner.call(Learner.init_value_from_policy)
+        # the bootstrap's solutions are right by construction: the generative critics' first verified set
+        self.learner.call(Learner.add_verified, [q + p.solution for q, p in zip(prompts, probs)])
         return {f"bootstrap/{k.split('/')[-1]}": v for k, v in m.items()}
 
     def _imagine(self, r: int, problems: list[Problem]) -> tuple[list[Problem], dict]:

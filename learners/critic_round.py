@@ -38,7 +38,10 @@ def fit_and_report(learner: "Learner", name: str, texts: list[str], targets, pro
     frac = learner.cfg.holdout_frac
     held = np.array([is_heldout(p, frac) for p in problem_ids], dtype=bool)
     targets = np.asarray(targets, dtype=np.float64)
-    metrics = learner.train_critic(name, [t for t, h in zip(texts, held) if not h], targets[~held])
+    if learner.is_generative(name):
+        metrics = learner.train_verifier(name)
+    else:
+        metrics = learner.train_critic(name, [t for t, h in zip(texts, held) if not h], targets[~held])
     return {**metrics, **calibrate_and_report(learner, name, [t for t, h in zip(texts, held) if h], targets[held],
                                               [p for p, h in zip(problem_ids, held) if h])}
 
@@ -50,7 +53,7 @@ def calibrate_and_report(learner: "Learner", name: str, texts: list[str], target
     if not texts:
         return {}
     metrics = {}
-    if learner.cfg.calibrate:
+    if learner.cfg.calibrate and not learner.is_generative(name):
         cal = np.array([is_heldout(p + "#calibration", 0.5) for p in problem_ids], dtype=bool)
         if cal.sum() >= MIN_CALIBRATION and (~cal).any():
             temp = fit_temperature(learner.critic_logits(name, [t for t, c in zip(texts, cal) if c]), targets[cal])
@@ -63,6 +66,14 @@ def calibrate_and_report(learner: "Learner", name: str, texts: list[str], target
     auc_within, n_within = within_problem_auc(scores, targets, problem_ids)
     return {**metrics, **critic_report(name, scores, targets), f"critic/{name}_auc_within": auc_within,
             f"critic/{name}_auc_within_problems": n_within}
+
+
+def verified_solutions(nodes: list[NodeExperience], greedy: list[CriticExample], holdout_frac: float) -> list[str]:
+    """Texts (prompt + steps) of the training problems' right solutions: terminals of reward 1 and greedy
+    solutions of target 1; held-out problems are left out, so the report stays on unseen problems."""
+    texts, rewards, pids = terminal_examples(nodes)
+    texts = [t for t, y, p in zip(texts, rewards, pids) if y == 1.0 and not is_heldout(p, holdout_frac)]
+    return texts + [e.text for e in greedy if e.target == 1.0 and not is_heldout(e.problem_id, holdout_frac)]
 
 
 def drop_stale(records: list, version: int, max_staleness: int | None) -> tuple[list, int]:
@@ -92,10 +103,12 @@ def train_critics(learner: "Learner", value_nodes: list[NodeExperience] | None, 
     sampled = [value_nodes[i] for i in keep if not np.isnan(value_nodes[i].value_target)]
     states, targets = value_examples(sampled)
     greedy = [e for e in examples if e.kind == "value"]
+    kept = learner.add_verified(verified_solutions(nodes, greedy, cfg.holdout_frac))  # before any fit
     metrics = fit_and_report(learner, "value", states + [e.text for e in greedy],
                              np.concatenate([targets, [e.target for e in greedy]]),
                              [n.problem_id for n in sampled] + [e.problem_id for e in greedy])
     metrics["learner/value_examples_drawn"] = len(states)
+    metrics["learner/verified_solutions"] = kept
     for name in cfg.critics:
         if name == "orm":
             metrics.update(fit_and_report(learner, "orm", *terminal_examples(nodes)))

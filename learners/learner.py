@@ -24,7 +24,8 @@ from learners.critic_round import train_critics
 from rl.config import LabelsConfig, LearnerConfig
 from rl.labels import QTransitions, fqi_targets, step_preference_pairs
 from rl.losses import dpo_loss, sequence_logprobs, sft_batch, sft_loss, value_batch, value_loss
-from rl.models.critic import last_token_logits, load_value_model
+from rl.models.critic import (folder_kind, last_token_logits, load_generative_model, load_value_model, split_state,
+                              verifier_logprobs)
 from rl.models.device import pick_device
 from rl.models.weights import Weights, to_numpy
 
@@ -85,14 +86,25 @@ class Learner:
         self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
         self.tokenizer.padding_side = "right"
         self.policy = self._engine(AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32), cfg.policy_lr)
-        # the critics: V always, then learner.critics; every one a scalar head on the last token
+        # verified solutions (prompt + steps) of the training problems so far: what generative critics learn
+        self.verified: dict[str, None] = {}
+        # the critics: V always, then learner.critics (learner.critic_model: generative LMs or scalar heads)
         self.critics = {name: self._engine(self._critic_model(value_path, name), self._lr(name))
                         for name in ("value", *cfg.critics)}
 
     def _critic_model(self, path: str | Path, name: str):
         """A scalar-head model whose new head depends only on (seed, critic, version), not on what ran before."""
         torch.manual_seed(self.seed * 1000 + ("value", "q", "prm", "orm").index(name) * 100 + self.version)
+        if self.is_generative(name):
+            if folder_kind(path) != "generative":
+                raise ValueError(f"{path}: a scalar-head critic folder, but learner.critic_model = generative "
+                                 f"needs a causal LM (set model.value: null, or learner.critic_model: head)")
+            return load_generative_model(path)
         return load_value_model(path)
+
+    def is_generative(self, name: str) -> bool:
+        """Whether critic `name` is a generative verifier (learner.critic_model; Q is always a head)."""
+        return self.cfg.critic_model == "generative" and name != "q"
 
     @property
     def value(self):
@@ -209,6 +221,9 @@ class Learner:
         if not texts:
             return {f"learner/{name}_steps": 0}
         engine = self._critic(name)
+        if self.is_generative(name):
+            raise ValueError(f"critic {name!r} is generative (learner.critic_model): it learns verified "
+                             "solutions by train_verifier, not targets")
         y = torch.as_tensor(np.asarray(targets, dtype=np.float32))
 
         def make_batch(idx):
@@ -222,6 +237,29 @@ class Learner:
             engine, len(texts), make_batch,
             lambda eng, b: value_loss(last_token_logits(eng, b["input_ids"], b["attention_mask"]), b["targets"]),
             epochs=epochs, steps=None, lr=None)
+        return {f"learner/{name}_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
+                f"learner/{name}_loss_first": losses[0], f"learner/{name}_steps": len(losses),
+                f"learner/{name}_examples": len(texts), f"time/{name}_train": time.perf_counter() - t0}
+
+    def add_verified(self, states: list[str]) -> int:
+        """Keep verified solutions (prompt + steps, reward 1) for the generative critics; returns how many
+        distinct ones are kept now. Part of the checkpoint."""
+        self.verified.update(dict.fromkeys(states))
+        return len(self.verified)
+
+    def train_verifier(self, name: str, *, steps: int | None = None) -> dict:
+        """SFT of generative critic `name` on every verified solution so far (steps, then EOS), for
+        learner.verifier_steps steps: what it learns is what a right solution looks like."""
+        t0 = time.perf_counter()
+        if not self.verified:
+            return {f"learner/{name}_steps": 0}
+        texts = list(self.verified)
+        prompts, sols = zip(*(split_state(t) for t in texts))
+        losses = self._fit(
+            self._critic(name), len(texts),
+            lambda idx: sft_batch(self.tokenizer, [prompts[i] for i in idx], [sols[i] for i in idx], self.cfg.max_seq_len),
+            lambda eng, b: sft_loss(eng(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]),
+            epochs=1, steps=self.cfg.verifier_steps if steps is None else steps, lr=None)
         return {f"learner/{name}_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
                 f"learner/{name}_loss_first": losses[0], f"learner/{name}_steps": len(losses),
                 f"learner/{name}_examples": len(texts), f"time/{name}_train": time.perf_counter() - t0}
@@ -264,9 +302,14 @@ class Learner:
 
     @torch.no_grad()
     def critic_logits(self, name: str, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        """[len(texts)] logits of critic `name` under the learner's current weights."""
+        """[len(texts)] logits of critic `name` under the learner's current weights (of a generative
+        critic: log(p / (1 - p)) of its score p)."""
         engine = self._critic(name)
         engine.eval()
+        if self.is_generative(name):
+            logp = np.minimum(verifier_logprobs(engine, self.tokenizer, texts, engine.device, batch_size,
+                                                self.cfg.max_seq_len), -1e-9)
+            return logp - np.log(-np.expm1(logp))
         out = []
         for i in range(0, len(texts), batch_size):
             b = value_batch(self.tokenizer, texts[i:i + batch_size], self.cfg.max_seq_len)
@@ -285,6 +328,8 @@ class Learner:
         Temperature scaling folded into the weights (factor = 1 / T), so the saved and published critic
         is the calibrated one and nothing downstream needs to know T.
         """
+        if self.is_generative(name):
+            raise ValueError(f"critic {name!r} is generative (learner.critic_model): it has no head to scale")
         head = self._critic(name).module.score  # the token-classification head, Linear(hidden, 1)
         params = [head.weight, *([head.bias] if head.bias is not None else [])]
         if self.cfg.zero_stage == 3:  # partitioned: gather, edit on rank 0, re-partition
@@ -336,7 +381,8 @@ class Learner:
             self._save_hf(engine, out / name)
             engine.save_checkpoint(str(out / "deepspeed"), tag=name)
         if self.rank == 0:
-            (out / "learner.json").write_text(json.dumps({"version": self.version, "critics": list(self.critics)}))
+            (out / "learner.json").write_text(json.dumps({"version": self.version, "critics": list(self.critics),
+                                                          "verified": list(self.verified)}))
 
     def _save_hf(self, engine, path: Path, *, all_ranks: bool = False) -> None:
         """save_pretrained of engine's model by rank 0 (or by every rank into its own path)."""
@@ -351,7 +397,8 @@ class Learner:
             self.tokenizer.save_pretrained(str(path))
 
     def init_value_from_policy(self) -> None:
-        """Give every critic the current policy's backbone (and a fresh head and optimizer).
+        """Give every critic the current policy's backbone (and a fresh head and optimizer); a generative
+        critic becomes a copy of the policy.
 
         Called after the bootstrap, so that the critics start from a model that already reads the task.
         """
@@ -368,5 +415,7 @@ class Learner:
             path, _ = engine.load_checkpoint(str(ckpt / "deepspeed"), tag=name)
             if path is None:
                 raise ValueError(f"{ckpt / 'deepspeed'}: no DeepSpeed state for {name}")
-        self.version = json.loads((ckpt / "learner.json").read_text())["version"]
+        state = json.loads((ckpt / "learner.json").read_text())
+        self.version = state["version"]
+        self.verified = dict.fromkeys(state.get("verified", []))
         return self.version

@@ -190,9 +190,15 @@ class LearnerConfig:
     value_max_staleness: int = 0
     # Critics the learner trains and the rollout actors hold, besides the value critic V (always on):
     # q (Q*'s Q(s, a), used as A*'s heuristic), prm (per-step reward, A*'s g and MCTS's beta_prm term),
-    # orm (outcome reward of a complete solution). Each is a backbone with a scalar head, started from
-    # the bootstrapped policy.
+    # orm (outcome reward of a complete solution). Each starts from the bootstrapped policy.
     critics: list[Literal["q", "prm", "orm"]] = field(default_factory=list)
+    # What V, PRM and ORM are (rl/models/critic.py; Q is always a head, fitted to Bellman targets):
+    # generative: the policy LM fine-tuned on the verified solutions of the training problems so far; the
+    #   score of a state is the probability of its least likely step token. Within-problem AUC 0.98 on the
+    #   embedded task where a head trained on the same labels stays at 0.5 (docs/results/critic_quality.md).
+    # head: a scalar head on the last token, trained by BCE on the labels (Monte Carlo targets, rewards).
+    critic_model: Literal["generative", "head"] = "generative"
+    verifier_steps: int = 200      # SFT steps per round of each generative critic, over every verified solution so far
     critic_lr: float = 1e-3        # q, prm and orm
     critic_epochs: int = 2
     holdout_frac: float = 0.1      # problems whose labels are held out to report each critic's loss/precision/recall/ECE

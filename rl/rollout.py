@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from rl.grading import RuleCritic, check_rule_config
 from rl.imagination import synthesize
 from rl.labels import math_shepherd_labels
 from rl.models import Policy, ValueCritic
+from rl.models.critic import load_critic
 from rl.models.engine import Engine
 from rl.models.weights import Weights
 from rl.rft import RFTSample, sample_solutions
@@ -71,7 +73,7 @@ class RolloutWorker:
                  device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf",
                  critics: tuple[str, ...] | list[str] = (), labels: LabelsConfig | None = None,
                  critic_device: str | None = None, critic_paths: dict[str, str] | None = None,
-                 threads: int = 1):
+                 threads: int = 1, critic_model: str = "generative"):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.task = task
@@ -86,9 +88,13 @@ class RolloutWorker:
         self.threads = threads
         self.policy = backends[backend].from_pretrained(policy_path, device=device)
         paths = {"value": value_path, **(critic_paths or {})}
-        self.critics = {name: ValueCritic.from_pretrained(paths.get(name, value_path), tokenizer_path=policy_path,
-                                                          device=critic_device or device)
-                        for name in ("value", *critics)}
+        # a critic that starts from the policy folder is what learner.critic_model says (V, PRM and ORM
+        # generative verifiers or scalar heads; Q always a head); a critic's own folder says what it is
+        def kind(name: str, path: str) -> str | None:
+            return ("head" if name == "q" else critic_model) if Path(path) == Path(policy_path) else None
+        self.critics = {name: load_critic(path, kind(name, path), tokenizer_path=policy_path,
+                                          device=critic_device or device)
+                        for name, path in ((n, paths.get(n, value_path)) for n in ("value", *critics))}
         self.stronger = None  # Q*'s "completion by a stronger policy" labeller, loaded when configured
         if "q" in critics and self.labels.q_source == "stronger":
             if not self.labels.stronger_policy:

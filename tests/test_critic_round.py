@@ -22,6 +22,9 @@ class TableLearner:
         self.table = table
         self.scaled: list[float] = []
 
+    def is_generative(self, name):
+        return False  # a scalar-head critic: calibration scales its head
+
     def critic_scores(self, name, texts):
         return np.array([self.table[t] for t in texts])
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def learner(tiny_model_dir):
     from learners.learner import Learner
     return Learner(LearnerConfig(zero_stage=2, batch_size=8, policy_lr=3e-3, value_lr=3e-3, critics=["q"],
-                                 critic_lr=3e-3),
+                                 critic_lr=3e-3, critic_model="head"),
                    str(tiny_model_dir), str(tiny_model_dir), seed=0)
 
 
@@ -119,7 +119,8 @@ def test_weight_push_from_learner_to_actor_with_version_check(learner, tiny_mode
     task = ArithmeticTask(EASY)
     from rl.config import SearchConfig
     actor = RolloutActor.options(num_cpus=0.5).remote(task, SearchConfig(simulations=2, branching=2),
-                                                      str(tiny_model_dir), str(tiny_model_dir))
+                                                      str(tiny_model_dir), str(tiny_model_dir),
+                                                      critic_model="head")
     probs = task.generate(4, 3, "train")
     learner.train_policy([task.prompt(p) for p in probs], [p.solution for p in probs], steps=3)
     version, weights = learner.publish()
@@ -148,7 +149,8 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, ray_local):
 
     def curves(**learner):
         cfg = from_dict({"run_dir": "unused", "learner": {"batch_size": 8, "num_cpus": 0.5, "policy_lr": 3e-3,
-                                                           "value_lr": 3e-3, **learner}}, where="test")
+                                                           "value_lr": 3e-3, "critic_model": "head",
+                                                           **learner}}, where="test")
         group = LearnerGroup(cfg, str(tiny_model_dir), str(tiny_model_dir))
         try:
             pol = [group.call(Learner.train_policy, prompts, sols, steps=1)["learner/policy_loss_first"]
@@ -177,7 +179,9 @@ def test_zero3_with_optimizer_offload_trains_and_publishes_whole_weights(tiny_mo
     ref = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     lz = Learner(LearnerConfig(zero_stage=3, batch_size=4, offload_optimizer=True, value_lr=3e-3),
                  str(tiny_model_dir), str(tiny_model_dir))
-    m = lz.train_critic("value", ["Q: 1\n1\n", "Q: 1\n2\n"] * 4, np.array([1.0, 0.0] * 4), epochs=5)
+    assert lz.is_generative("value")  # the default critic: a generative verifier, trained by SFT
+    lz.add_verified(["Q: 1\n1\n", "Q: 2\n2\n"])
+    m = lz.train_verifier("value", steps=5)
     assert m["learner/value_loss"] < m["learner/value_loss_first"]
     _, weights = lz.publish()
     tied = tied_names(ref.state_dict())
