@@ -114,6 +114,31 @@ def baselines(ev, task, problems) -> dict:
             "sample_acc": float(np.mean([s.reward for s in ev]))}
 
 
+ROLES = {"generative": ("v", "generative"), "policy log-prob": ("v", "policy, untrained"), "head orm": ("orm", "head"),
+         "head value": ("v", "head"), "head prm": ("prm", "head"), "head q": ("q", "head")}
+LABELS = {"outcome (verified samples)": "outcome", "outcome (reward of the sample)": "outcome", "none": "none",
+          "Monte Carlo mean reward through the prefix": "monte_carlo", "step check of the prefix": "step_check",
+          "best reward through the prefix (rollout)": "best_rollout"}
+OUTCOME_ONLY = {"outcome", "monte_carlo", "best_rollout"}  # labels made from final rewards alone (no step check)
+
+
+def finalize(row: dict, base: dict, n: int, policy_size: str) -> dict:
+    """A measured row with the fields other tools read: critic (v, prm, orm, q), model, labels (a code),
+    critic_size, bo8_acc, sc8_acc, random_acc, pass8 (N = --samples), and recipe (the loop's default: the
+    generative verifier at the policy's size trained on every training problem)."""
+    if "model" in row:
+        return row
+    critic, model = ROLES[row["critic"]]
+    labels = LABELS[row["labels"]]
+    out = {"critic": critic, "model": model, "labels": labels, "labels_detail": row["labels"],
+           "outcome_only": labels in OUTCOME_ONLY, "critic_size": row["size"],
+           **{k: v for k, v in row.items() if k not in ("critic", "labels", "size", "bon_acc")},
+           f"bo{n}_acc": row["bon_acc"], f"sc{n}_acc": base["sc_acc"], "random_acc": base["random_acc"],
+           f"pass{n}": base["pass_at_n"]}
+    out["recipe"] = model == "generative" and row["size"] == policy_size and row.get("main", False)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs/arithmetic.yaml"))
@@ -129,7 +154,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     ap.add_argument("--out-dir", default=str(ROOT / "docs/results"))
+    ap.add_argument("--rebuild", action="store_true", help="rewrite the md (and the JSON's row fields) from "
+                    "OUT_DIR/critic_quality.json without measuring")
     args = ap.parse_args()
+    if args.rebuild:
+        path = Path(args.out_dir) / "critic_quality.json"
+        out = json.loads(path.read_text())
+        n, size = out["samples_per_problem"], out.get("policy_size", "64x2")
+        out["policy_size"] = size
+        out["rows"] = [finalize({**r, "main": True}, out["baselines"], n, size) for r in out["rows"]]
+        out["curves"] = [finalize(r, out["baselines"], n, size) for r in out["curves"]]
+        path.write_text(json.dumps(out, indent=1))
+        (path.parent / "critic_quality.md").write_text(table(out))
+        print(table(out))
+        return
     prov = provenance()  # before measuring: the commit of the code that runs
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -250,10 +288,14 @@ def main() -> None:
                               n_train=len(train_p), verified=len(gb.verified), size=f"{hid}x{layers} fresh",
                               steps=args.curve_steps, loss=m["learner/value_loss"]))
 
+    size = f"{emb.hidden_size}x{emb.num_layers}"
+    bl = baselines(eval_s, task, eval_p)
+    rows = [finalize({**r, "main": True}, bl, args.samples, size) for r in rows]
+    curves = [finalize(r, bl, args.samples, size) for r in curves]
     out = {**prov, "bench": "critic_quality", "config": args.config, "args": vars(args),
            "task": cfg.task.name, "train_problems": len(train_p), "eval_problems": len(eval_p),
            "samples_per_problem": args.samples, "temperature": cfg.search.temperature,
-           "disjoint_checked": True, "baselines": baselines(eval_s, task, eval_p),
+           "disjoint_checked": True, "baselines": bl, "policy_size": size,
            "train_sample_acc": float(np.mean([s.reward for s in train_s])),
            "sample_seconds": sample_seconds, "seconds": time.perf_counter() - t_start,
            "rows": rows, "curves": curves}
@@ -267,8 +309,8 @@ def main() -> None:
 def table(out: dict) -> str:
     b = out["baselines"]
     n = out["samples_per_problem"]
-    header = [f"| critic | labels | size | train problems | steps | AUC within problem | problems | pooled AUC | ECE | "
-              f"best-of-{n} | step AUC within |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = [f"| critic | model | labels | size | train problems | steps | AUC within problem | problems | pooled AUC | "
+              f"ECE | best-of-{n} | step AUC within |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines = [f"# Critic quality: ranking the policy's own samples on held-out problems ({out['task']})", "",
              f"Commit `{out['commit']}`, {out['machine']}; torch {out['versions']['torch']}, transformers "
              f"{out['versions']['transformers']}. Written by `python bench/critic_quality.py` "
@@ -281,13 +323,17 @@ def table(out: dict) -> str:
              *header]
 
     def row(r):
-        return (f"| {r['critic']} | {r['labels']} | {r['size']} | {r['n_train']} | {r['steps']} | "
+        name = r["critic"].upper() + (" (the loop's)" if r["recipe"] else "")
+        return (f"| {name} | {r['model']} | {r['labels']} | {r['critic_size']} | {r['n_train']} | {r['steps']} | "
                 f"**{r['auc_within']:.3f}** | {r['auc_within_problems']} | {r['auc_pooled']:.3f} | {r['ece']:.3f} | "
-                f"{r['bon_acc']:.3f} | {r.get('step_auc_within', float('nan')):.3f} |")
+                f"{r[f'bo{n}_acc']:.3f} | {r.get('step_auc_within', float('nan')):.3f} |")
     lines += [row(r) for r in out["rows"]]
     lines += ["", "Learning curves (training problems, SFT steps, critic size):", "",
               *header] + [row(r) for r in out["curves"]]
-    lines += ["", "AUC within problem: the mean over held-out problems with right and wrong samples of the AUC of "
+    lines += ["", "Labels: outcome = the verifier reward of complete samples (the generative critics learn the reward-1 "
+              "ones); monte_carlo = mean reward of the samples through a prefix; best_rollout = their best reward; "
+              "step_check = the task's step check (gold-based, training only). All but step_check are outcome-only.",
+              "", "AUC within problem: the mean over held-out problems with right and wrong samples of the AUC of "
               "the critic's scores of complete solutions against the verifier; step AUC within: the same over step "
               "prefixes against the task's step check. ECE of the raw scores (the generative score is a "
               "probability of the least likely token, not calibrated). best-of-N: the accuracy of the top-scored "

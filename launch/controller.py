@@ -290,7 +290,8 @@ class Controller:
         metrics.update({
             "rollout/search_tokens": search_tokens, "rollout/label_tokens": label_tokens,
             "tokens/generated": search_tokens + label_tokens,
-            "rollout/solved_frac": len(trajs) / len(problems),
+            "rollout/solved_frac": len({t.problem_id for t in trajs}) / len(problems),
+            "rollout/sft_trajectories": len(trajs),
             "rollout/search_acc": float(np.mean([rec.correct for rec in records])),
             "rollout/nodes": sum(b.sent_nodes for b in batches), "rollout/critic_examples": len(examples),
             "rollout/tokens_per_problem": float(np.mean([rec.tokens for rec in records])),

@@ -282,11 +282,18 @@ class LabelsConfig:
     # (no labels needed: AlphaLLM's self-improvement with a learned outcome critic)
     dpo_min_gap: float = 0.5       # value gap that makes two sibling steps a preference pair (learner.dpo)
     sft_filter: Literal["verifier", "orm"] = "verifier"
+    # verified trajectories with distinct texts the policy is fine-tuned on per prompt (sft_filter: verifier);
+    # 1 = only the best. RFT keeps several (rft.max_per_prompt); so can the search loop.
+    sft_per_prompt: int = 1
     sft_orm_threshold: float = 0.9
     # V also learns from each prompt's greedy solution, labelled by the verifier: a Monte Carlo return of
     # the policy's own rollout from the root, and the distribution V is evaluated on (tree terminals of
     # an exploring search are mostly wrong, which alone teaches V to under-rate good solutions)
     value_greedy: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sft_per_prompt < 1:
+            raise ConfigError(f"labels.sft_per_prompt = {self.sft_per_prompt!r}: fine-tune on at least one trajectory per prompt")
 
 
 @dataclass

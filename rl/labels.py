@@ -37,6 +37,21 @@ def best_trajectory(tree: Tree, *, min_reward: float = 1.0) -> int | None:
     return max(cands, key=lambda i: (tree.reward[i], tree.visits[i], tree.q(i), -i))
 
 
+def verified_terminals(tree: Tree, k: int, *, min_reward: float = 1.0) -> list[int]:
+    """Up to k terminals of verified trajectories with distinct solution texts (whitespace runs collapsed),
+    best first by best_trajectory's order: what the policy is fine-tuned on per prompt (labels.sft_per_prompt).
+    Several distinct right solutions narrow the policy less than one (the trees stay wider)."""
+    cands = sorted((i for i in range(tree.size) if tree.terminal[i] and tree.reward[i] >= min_reward),
+                   key=lambda i: (tree.reward[i], tree.visits[i], tree.q(i), -i), reverse=True)
+    out, seen = [], set()
+    for i in cands:
+        key = " ".join(tree.steps(i).split())
+        if key not in seen and len(out) < k:
+            seen.add(key)
+            out.append(i)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Process and outcome labels from sampled completions, Q-value labels (Q*), step preferences.
 # ---------------------------------------------------------------------------------------------

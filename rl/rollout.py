@@ -16,7 +16,7 @@ from rl.config import ImaginationConfig, LabelsConfig, RFTConfig, SearchConfig
 from rl.experience import CriticExample, NodeExperience, Trajectory, experiences_from_search
 from rl.grading import RuleCritic, check_rule_config
 from rl.imagination import synthesize
-from rl.labels import math_shepherd_labels
+from rl.labels import math_shepherd_labels, verified_terminals
 from rl.models import Policy, ValueCritic
 from rl.models.critic import load_critic
 from rl.models.engine import Engine
@@ -143,6 +143,12 @@ class RolloutWorker:
             out.nodes += nodes
             if traj is not None:
                 out.trajectories.append(traj)
+            if self.labels.sft_filter == "verifier" and self.labels.sft_per_prompt > 1:
+                out.trajectories += [  # the next distinct verified solutions of this tree (the best is traj)
+                    Trajectory(id=f"{p.id}/v{self.policy.version}/traj{j}", problem_id=p.id, prompt=res.tree.prompt,
+                               solution=res.tree.steps(i), reward=float(res.tree.reward[i]),
+                               policy_version=self.policy.version, critic_version=self.value.version)
+                    for j, i in enumerate(verified_terminals(res.tree, self.labels.sft_per_prompt)[1:], start=1)]
             out.records.append(self._record(p, res.answer, res.spent.generated_tokens, res.spent.seconds))
             out.stats.append(tree_stats(res.tree, self.task, p))
             if len(out.trees) < export_trees:

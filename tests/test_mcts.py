@@ -15,7 +15,7 @@ Simulations:
 """
 import numpy as np
 
-from rl.labels import best_trajectory, mc_value_targets
+from rl.labels import best_trajectory, mc_value_targets, verified_terminals
 from rl.search import MCTS, Budget, Models, Tree, backup, uct_select
 from tests.fakes import TOY_PROBLEM, TOY_PROMPT, ScriptedPolicy, TableCritic, ToyTask
 
@@ -100,6 +100,13 @@ def test_monte_carlo_value_targets_and_best_trajectory():
     np.testing.assert_allclose(targets[:6], [1 / 3, 0.5, 0.0, 1.0, 0.0, 0.0])
     assert np.isnan(targets[6])                  # no terminal below node 6
     assert best_trajectory(t) == 3
+    assert verified_terminals(t, 4) == [3]       # the one right terminal
+    t.reward[5] = 1.0                            # a second right one, with another text
+    assert verified_terminals(t, 4) == [3, 5] and verified_terminals(t, 1) == [3]
+    t.text[4] = t.text[3]                        # node 4 now repeats node 3's solution: counted once
+    t.reward[4] = 1.0
+    assert len(verified_terminals(t, 4)) == 2 and 5 in verified_terminals(t, 4)
+    t.reward[4] = t.reward[5] = 0.0
     t.reward[3] = 0.0
     assert best_trajectory(t) is None            # no right answer anywhere
 

@@ -118,3 +118,25 @@ def test_orm_filter_picks_the_best_scored_terminal_above_the_threshold(tiny_mode
     none = RolloutWorker(task, SEARCH, str(tiny_model_dir), str(tiny_model_dir), seed=0,
                          labels=LabelsConfig(sft_filter="orm", sft_orm_threshold=1.0)).search(problems)
     assert none.trajectories == []          # a sigmoid never exceeds 1
+
+
+def test_several_distinct_verified_trajectories_per_prompt(tiny_model_dir):
+    from rl.config import LabelsConfig
+
+    class AcceptAll(ArithmeticTask):  # every terminal verified: the cap and the deduplication decide
+        def reward(self, problem, solution):
+            return 1.0
+
+    task = AcceptAll(EASY)
+    problems = task.generate(3, 0, "train")
+    cfg = SearchConfig(simulations=8, branching=3, max_depth=3, step_max_tokens=8, temperature=1.5)
+    one = RolloutWorker(task, cfg, str(tiny_model_dir), str(tiny_model_dir), seed=0).search(problems)
+    many = RolloutWorker(task, cfg, str(tiny_model_dir), str(tiny_model_dir), seed=0,
+                         labels=LabelsConfig(sft_per_prompt=3)).search(problems)
+    assert len(one.trajectories) == 3                                   # the best per prompt
+    assert len(many.trajectories) > 3
+    for p in problems:
+        mine = [t for t in many.trajectories if t.problem_id == p.id]
+        assert 1 <= len(mine) <= 3 and len({" ".join(t.solution.split()) for t in mine}) == len(mine)
+        assert mine[0] == next(t for t in one.trajectories if t.problem_id == p.id)  # the best comes first
+    assert len({t.id for t in many.trajectories}) == len(many.trajectories)
