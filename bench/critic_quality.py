@@ -314,7 +314,7 @@ def table(out: dict) -> str:
     lines = [f"# Critic quality: ranking the policy's own samples on held-out problems ({out['task']})", "",
              f"Commit `{out['commit']}`, {out['machine']}; torch {out['versions']['torch']}, transformers "
              f"{out['versions']['transformers']}. Written by `python bench/critic_quality.py` "
-             f"({out['seconds'] / 60:.0f} min, one run).", "",
+             f"({out['seconds'] / 60:.0f} min, one run).", *([out["note"]] if out.get("note") else []), "",
              f"{out['train_problems']} training and {out['eval_problems']} held-out problems (the task's eval split; "
              f"no question shared, checked in the bench), {n} samples each at temperature {out['temperature']} from the "
              f"policy bootstrapped by the shipped recipe. Every critic learns from the training samples only.", "",
