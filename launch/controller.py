@@ -20,7 +20,7 @@ from actors.rollout import RolloutPool
 from learners.group import LearnerGroup
 from learners.learner import Learner
 from launch import checkpoint as ckpt
-from launch.tracking import Tracker, format_table, write_summary
+from launch.tracking import Tracker, eval_sample_rows, format_table, phase_line, write_summary
 from rl.config import Config, to_dict
 from rl.imagination import REWRITE_COUNTS, Curriculum, arithmetic_config_for, build_ngram_index
 from rl.metrics import binary_auc, expected_calibration_error
@@ -197,6 +197,9 @@ class Controller:
         self._checkpoint(r)
         write_summary(self.run_dir, self.summary)
         self.tracker.log(metrics, step=r)
+        if self.console:
+            tqdm.write(phase_line(r, self.cfg.loop.rounds, metrics,
+                                  [row["seconds"] for row in self.summary if row["round"] > 0]))
         self.last_metrics = metrics  # every metric of the last round, as logged (for tests and benches)
         return row
 
@@ -346,6 +349,7 @@ class Controller:
         c = self.cfg
         t0 = time.perf_counter()
         greedy = self.pool.evaluate(self.eval_problems, "greedy")
+        self.tracker.log_samples(eval_sample_rows(self.eval_problems, greedy, 8), step=r)
         t1 = time.perf_counter()
         sub = self.eval_problems[:c.loop.eval_search_size]
         bar = tqdm(total=len(sub), desc=f"round {r} eval {c.search.method}", leave=False,

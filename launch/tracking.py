@@ -8,6 +8,18 @@ from pathlib import Path
 
 SUMMARY_KEYS = ("round", "greedy_acc", "search_acc", "policy_version", "seconds")
 
+# the W&B step axes: every logged dict carries `round` (Tracker.log adds it); tokens/cumulative (every token the
+# policy generated for training data so far) is logged each round too, so any panel can take it as its x-axis
+ROUND_AXIS = "round"
+TOKENS_AXIS = "tokens/cumulative"
+# the metric groups, each plotted against `round`. define_metric takes one step_metric per key (a later
+# call for the same key replaces it), so eval/* is on `round` too; plot it against tokens/cumulative by
+# choosing that x-axis in the panel (both are in every round's dict)
+METRIC_GROUPS = ("eval", "learner", "critic", "search", "rollout", "time", "perf", "tokens", "async",
+                 "bootstrap", "rft", "imagination", "replay")
+SAMPLES_KEY = "eval/samples"
+SAMPLE_COLUMNS = ("question", "trajectory", "answer", "reward", "value")
+
 
 class Tracker:
     def __init__(self, run_dir: Path, cfg_dict: dict, *, mode: str, project: str, entity: str | None):
@@ -21,19 +33,103 @@ class Tracker:
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(project=project, entity=entity, mode=mode, dir=str(run_dir), id=run_id,
                                   resume="allow", config=cfg_dict, name=run_dir.name)
+            self._define_axes()
+
+    def _define_axes(self) -> None:
+        """`round` and tokens/cumulative as step axes; every metric group against `round` (a resumed run
+        declares them again: define_metric merges with the earlier calls)."""
+        self.run.define_metric(ROUND_AXIS)
+        self.run.define_metric(TOKENS_AXIS, step_metric=ROUND_AXIS)  # an axis, itself charted per round
+        for group in METRIC_GROUPS:
+            self.run.define_metric(f"{group}/*", step_metric=ROUND_AXIS)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({**metrics, ROUND_AXIS: step}, step=step)
 
     def log_html(self, pages: dict[str, str], step: int) -> None:
         if self.run is not None and pages:
             import wandb
-            self.run.log({k: wandb.Html(v, inject=False) for k, v in pages.items()}, step=step)
+            self.run.log({**{k: wandb.Html(v, inject=False) for k, v in pages.items()}, ROUND_AXIS: step}, step=step)
+
+    def log_samples(self, rows: list[dict], step: int) -> None:
+        """A wandb.Table of sample problems under eval/samples: the SAMPLE_COLUMNS, then any other keys of
+        the rows (in the first row's order); a key a row lacks is None."""
+        if self.run is None or not rows:
+            return
+        import wandb
+        columns = list(SAMPLE_COLUMNS) + [k for k in rows[0] if k not in SAMPLE_COLUMNS]
+        table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows],
+                            allow_mixed_types=True)
+        self.run.log({SAMPLES_KEY: table, ROUND_AXIS: step}, step=step)
 
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
+
+
+def eval_sample_rows(problems: list, records: list, n: int = 8) -> list[dict]:
+    """Rows for Tracker.log_samples from the first n evaluation records (rl.rollout.EvalRecord) and the
+    problems they were evaluated on (matched by id). EvalRecord keeps no solution text: trajectory is None
+    and the answer is the record's prediction, with the gold answer and the verdict beside it."""
+    questions = {p.id: p.question for p in problems}
+    return [{"question": questions.get(x.id), "trajectory": None, "answer": x.prediction, "reward": x.reward,
+             "value": x.value, "gold": x.gold, "correct": x.correct, "id": x.id} for x in records[:n]]
+
+
+def fmt_duration(seconds: float) -> str:
+    """41s, 3m18s, 2h05m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+_LEARNER_PHASES = ("policy_train", "dpo_train")   # the other time/*_train keys are the critics'
+
+
+def phases(metrics: dict) -> list[tuple[str, float]]:
+    """(phase, seconds) of one round from its time/* metrics (and bootstrap/policy_train in round 0), in
+    the order they run; a phase with no key is left out. critics sums every critic's time/NAME_train; eval
+    is time/eval_greedy + time/eval_search (the latter holds the loop.eval_methods' time/eval_METHOD)."""
+    out = []
+
+    def add(name, keys):
+        vals = [metrics[k] for k in keys if k in metrics]
+        if vals:
+            out.append((name, float(sum(vals))))
+
+    add("bootstrap", ["bootstrap/policy_train"])
+    add("wait", ["time/learner_idle"])
+    add("imagination", ["time/imagination"])
+    add("search", ["time/search"])
+    add("critics", [k for k in metrics if k.startswith("time/") and k.endswith("_train")
+                    and k[len("time/"):] not in _LEARNER_PHASES])
+    add("policy", ["time/policy_train"])
+    add("dpo", ["time/dpo_train"])
+    add("push", ["time/push"])
+    add("eval", ["time/eval_greedy", "time/eval_search"])
+    return out
+
+
+def phase_line(r: int, rounds: int, metrics: dict, seconds_so_far: list[float]) -> str:
+    """The console line of round r of rounds: each phase's time, the round's time (time/round) and the ETA
+    of the run: the mean of seconds_so_far (the seconds of every searched round so far, round 0's
+    bootstrap left out) times the rounds left."""
+    parts = ", ".join(f"{name} {sec:.1f}s" for name, sec in phases(metrics))
+    line = f"round {r}/{rounds}: {parts or 'no phases timed'}"
+    if "time/round" in metrics:
+        line += f" | {float(metrics['time/round']):.1f}s this round"
+    left = max(rounds - r, 0)
+    if left == 0:
+        eta = "done"
+    elif seconds_so_far:
+        eta = fmt_duration(sum(seconds_so_far) / len(seconds_so_far) * left)
+    else:
+        eta = "n/a"
+    return f"{line}, ETA {eta}" if "time/round" in metrics else f"{line} | ETA {eta}"
 
 
 def write_summary(run_dir: Path, rows: list[dict]) -> None:
