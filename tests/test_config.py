@@ -77,3 +77,12 @@ def test_every_search_knob_is_checked_at_load_under_its_config_key(override, mes
     """SearchConfig builds every method, so a value no method accepts stops the load, named as the config key."""
     with pytest.raises(ConfigError, match=message):
         load_config(REPO_CONFIG, [override])
+
+
+def test_generative_critic_is_the_shipped_default_and_bad_sft_count_is_named():
+    cfg = load_config(REPO_CONFIG)
+    assert cfg.learner.critic_model == "generative" and cfg.labels.sft_per_prompt == 4
+    with pytest.raises(ConfigError, match=r"labels.sft_per_prompt = 0"):
+        load_config(REPO_CONFIG, ["labels.sft_per_prompt=0"])
+    with pytest.raises(ConfigError, match=r"'learner.critic_model'.*one of"):
+        load_config(REPO_CONFIG, ["learner.critic_model=big"])
