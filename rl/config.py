@@ -115,6 +115,10 @@ class SearchConfig:
     # differ most (AlphaLLM's importance; the deepest of equals) (0 = off)
     widen: int = 0
     widen_max_draws: int = 12
+    # an expansion whose samples merged into siblings draws that many again at resample_temperature (0 = the
+    # search's), up to `resample` more times (0 = off): a sharpened policy still gives the search a second candidate
+    resample: int = 0
+    resample_temperature: float = 0.0
     # critic roles ("value", "prm", "orm") filled by the task's rule-based step utility instead of a trained
     # model (rl/grading/rule_critic.py): it checks each step from the text, no label read
     rule_critics: list[Literal["value", "prm", "orm"]] = field(default_factory=list)

@@ -82,6 +82,9 @@ def test_every_search_knob_is_checked_at_load_under_its_config_key(override, mes
 def test_generative_critic_is_the_shipped_default_and_bad_sft_count_is_named():
     cfg = load_config(REPO_CONFIG)
     assert cfg.learner.critic_model == "generative" and cfg.labels.sft_per_prompt == 4
+    assert cfg.search.resample == 1 and cfg.search.resample_temperature > cfg.search.temperature
+    with pytest.raises(ConfigError, match=r"search.resample = -1"):
+        load_config(REPO_CONFIG, ["search.resample=-1"])
     with pytest.raises(ConfigError, match=r"labels.sft_per_prompt = 0"):
         load_config(REPO_CONFIG, ["labels.sft_per_prompt=0"])
     with pytest.raises(ConfigError, match=r"'learner.critic_model'.*one of"):

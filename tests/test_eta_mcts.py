@@ -199,3 +199,57 @@ def test_widening_stops_at_the_draw_limit_and_the_candidates_vote():
     assert res.answer == "1"                                               # a and c say 1, b says 2
     with pytest.raises(ValueError, match="widen"):
         MCTS(widen=-1)
+
+
+class SharpPolicy(ScriptedPolicy):
+    """Below temperature 1 it proposes only each state's first step; hotter, it hands out the others in turn."""
+
+    def __init__(self, steps):
+        super().__init__(steps)
+        self.temperatures = []
+        self.offset = {}
+
+    def sample_steps(self, prefixes, n, *, temperature=1.0, **kw):
+        from rl.models.policy import StepSample
+        self.temperatures.append(temperature)
+        out = []
+        for p in prefixes:
+            texts = self.steps.get(p, [self.completion])
+            if temperature < 1.0 or len(texts) == 1:
+                out.append([StepSample(texts[0], len(texts[0]), -1.0, True) for _ in range(n)])
+                continue
+            k = self.offset.get(p, 0)
+            self.offset[p] = k + n
+            rest = texts[1:] * 10
+            out.append([StepSample(t, len(t), -1.0, True) for t in rest[k:k + n]])
+        return out
+
+
+def _sharp_models():
+    steps = {PROMPT: ["a\n", "b\n", "c\n"], PROMPT + "a\n": ["Answer: 1\n"], PROMPT + "b\n": ["Answer: 2\n"],
+             PROMPT + "c\n": ["Answer: 3\n"]}
+    return Models(policy=SharpPolicy(steps), value=TableCritic({}, default=0.5), reward=None)
+
+
+def test_resampling_redraws_merged_samples_hotter_and_gives_the_search_other_candidates():
+    task = ToyTask()
+    plain = MCTS(simulations=1, branching=3, temperature=0.8)(PROBLEM, task, _sharp_models(), Budget(),
+                                                              np.random.default_rng(0)).tree
+    assert [plain.text[k] for k in plain.children[0]] == ["a\n"] and plain.merged[plain.children[0][0]] == 2
+    models = _sharp_models()
+    t = MCTS(simulations=1, branching=3, temperature=0.8, resample=1, resample_temperature=1.5)(
+        PROBLEM, task, models, Budget(), np.random.default_rng(0)).tree
+    assert [t.text[k] for k in t.children[0]] == ["a\n", "b\n", "c\n"]   # the 2 merged draws, redrawn hotter
+    assert models.policy.temperatures == [0.8, 1.5]
+
+
+def test_resampling_stops_when_nothing_merged_or_after_its_rounds():
+    task = ToyTask()
+    models = _sharp_models()
+    models.policy = SharpPolicy({PROMPT: ["a\n"]})   # only one step there is: every redraw merges again
+    t = MCTS(simulations=1, branching=2, temperature=0.8, resample=3)(PROBLEM, task, models, Budget(),
+                                                                      np.random.default_rng(0)).tree
+    assert len(t.children[0]) == 1 and t.merged[t.children[0][0]] == 1 + 3   # 1 merged, then 3 rounds of 1
+    assert models.policy.temperatures == [0.8] * 4                         # 0: the search's own temperature
+    with pytest.raises(ValueError, match="resample"):
+        MCTS(resample=-1)

@@ -15,6 +15,9 @@ path, of those that have drawn fewer than `widen_max_draws` steps, whose childre
 (importance, the deepest of equals), so the search keeps turning its token
 budget into new candidates (a simulation whose new samples all merge into known siblings backs up the
 revisited terminal as before). With `final="vote"` those candidates vote.
+With `resample` = R > 0, an expansion whose samples merged into siblings draws that many again, at
+`resample_temperature` (hotter than the search's, so that a sharpened policy proposes something else), up
+to R more times: a policy that keeps proposing its favourite step still gives the search a second candidate.
 With the defaults (fixed width, no merge beyond identical text, V only) this is plain MCTS.
 """
 from __future__ import annotations
@@ -93,6 +96,8 @@ class MCTS:
     final: Literal["visits", "value", "vote"] = "visits"
     widen: int = 0                          # steps sampled when a simulation revisits a scored terminal (0 = off)
     widen_max_draws: int = 12               # steps a node may draw in all (children plus merged samples)
+    resample: int = 0                       # rounds of redraws for samples that merged into a sibling (0 = off)
+    resample_temperature: float = 0.0       # their temperature (0 = the search's temperature)
 
     def __post_init__(self):
         check_fields(self, [
@@ -115,7 +120,9 @@ class MCTS:
             ("max_terminals", self.max_terminals >= 0, "must be >= 0 (0 = off)"),
             ("final", self.final in ("visits", "value", "vote"), "one of visits, value, vote"),
             ("widen", self.widen >= 0, "must be >= 0 (0 = off)"),
-            ("widen_max_draws", self.widen_max_draws >= 1, "must be >= 1")])
+            ("widen_max_draws", self.widen_max_draws >= 1, "must be >= 1"),
+            ("resample", self.resample >= 0, "must be >= 0 (0 = off)"),
+            ("resample_temperature", self.resample_temperature >= 0, "must be >= 0 (0 = the search's temperature)")])
 
     def __call__(self, problem: Problem, task: Task, models: Models, budget: Budget,
                  rng: np.random.Generator) -> SearchResult:
@@ -179,18 +186,25 @@ class MCTS:
 
     def _add_children(self, tree: Tree, node: int, n: int, task: Task, models: Models, spent: Spent,
                       rng: np.random.Generator) -> None:
-        samples = sample_steps(models.policy, task, [tree.state(node)], n, temperature=self.temperature,
-                               max_new_tokens=self.step_max_tokens, seed=int(rng.integers(2**31)))[0]
-        for s in samples:
-            spent.generated_tokens += s.num_tokens
-            twin = self._equivalent_sibling(tree, node, s.text)
-            if twin is not None:  # state merge: the sample adds nothing new
-                tree.merged[twin] += 1
-                continue
-            ended = task.is_terminal(s.text) or not step_is_complete(task, s)  # an answer, EOS or truncated
-            child = tree.add_child(node, s.text, logprob=s.logprob, num_tokens=s.num_tokens, terminal=ended)
-            if not ended and tree.depth[child] >= self.max_depth:
-                tree.terminal[child] = True  # out of steps: no answer, the reward scores it 0
+        temperature = self.temperature
+        for _ in range(1 + self.resample):
+            samples = sample_steps(models.policy, task, [tree.state(node)], n, temperature=temperature,
+                                   max_new_tokens=self.step_max_tokens, seed=int(rng.integers(2**31)))[0]
+            n = 0  # the samples that merged, drawn again below
+            for s in samples:
+                spent.generated_tokens += s.num_tokens
+                twin = self._equivalent_sibling(tree, node, s.text)
+                if twin is not None:  # state merge: the sample adds nothing new
+                    tree.merged[twin] += 1
+                    n += 1
+                    continue
+                ended = task.is_terminal(s.text) or not step_is_complete(task, s)  # an answer, EOS or truncated
+                child = tree.add_child(node, s.text, logprob=s.logprob, num_tokens=s.num_tokens, terminal=ended)
+                if not ended and tree.depth[child] >= self.max_depth:
+                    tree.terminal[child] = True  # out of steps: no answer, the reward scores it 0
+            if not n:
+                break
+            temperature = self.resample_temperature or self.temperature
 
     def _draws(self, tree: Tree, node: int) -> int:
         """Steps sampled at node so far: its children plus the samples merged into them."""
