@@ -64,6 +64,7 @@ class Controller:
         self.replay = None  # the replay actor, started in setup()
         self._executor = ThreadPoolExecutor(max_workers=1)  # async mode: the next round's search
         self._prefetch: Future | None = None
+        self.order: list[tuple[str, int]] = []  # ("drain", r) and ("search", r + 1) as they happen (async mode)
         self._last_search_done: float | None = None
         self.rng = np.random.default_rng(cfg.seed)
 
@@ -251,13 +252,17 @@ class Controller:
         metrics = {}
         if c.loop.mode == "sync":
             found = self._search(r)
+            found["nodes_ref"] = self._drain(r)
             if self._last_search_done is not None:
                 metrics["time/rollout_idle"] = found["started_at"] - self._last_search_done
         else:
             t0 = time.perf_counter()
             found = self._prefetch.result() if self._prefetch is not None else self._search(r)
             metrics["time/learner_idle"] = time.perf_counter() - t0
+            # drained before round r+1's search starts, so that none of its records is trained in round r
+            found["nodes_ref"] = self._drain(r)
             if r < c.loop.rounds:
+                self.order.append(("search", r + 1))
                 self._prefetch = self._executor.submit(self._search, r + 1)
                 metrics["time/rollout_idle"] = time.perf_counter() - found["done_at"]
             else:
@@ -266,6 +271,13 @@ class Controller:
         metrics["time/search"] = found["done_at"] - found["started_at"]
         return found, metrics
 
+    def _drain(self, r: int):
+        """Every record that reached the replay actor since the last drain, as an object ref (waited on)."""
+        ref = self.replay.drain_new.remote()
+        ray.wait([ref])
+        self.order.append(("drain", r))
+        return ref
+
     def _search_and_learn(self, r: int) -> dict:
         """The round's records go from the replay actor to the learner ranks by object ref (not through the
         driver); the learner trains the critics on them, then the policy on the best trajectories."""
@@ -273,7 +285,7 @@ class Controller:
         found, metrics = self._searched(r)
         batches, problems = found["batches"], found["problems"]
         metrics.update(found["imagination"])
-        nodes_ref = self.replay.drain_new.remote()  # every record that arrived since the last round
+        nodes_ref = found["nodes_ref"]  # every record that arrived since the last round
         stale = c.learner.value_max_staleness
         value_ref = None if stale == 0 else self.replay.records.remote(stale, self.version)
         max_staleness = c.loop.max_staleness if c.loop.mode == "async" else None

@@ -24,6 +24,9 @@ def test_async_rounds_overlap_search_and_training_and_drop_stale_experience(tmp_
     assert m["async/max_staleness"] == 1 and m["async/dropped_nodes"] > 0
     assert m["async/dropped_nodes"] == m["rollout/stale_nodes"]
     assert "time/learner_idle" in m
+    # each round's records are drained (and waited on) before the next round's search is handed out, so the
+    # learner never trains round r+1's records in round r
+    assert ctl.order == [("drain", 1), ("search", 2), ("drain", 2)]
     # every generated token of a search round is counted: the searches' and the critic labels' (greedy V labels)
     assert m["tokens/generated"] == m["rollout/search_tokens"] + m["rollout/label_tokens"]
     assert m["rollout/search_tokens"] > 0 and m["rollout/label_tokens"] > 0
