@@ -100,9 +100,13 @@ class Controller:
                 raise ValueError(f"run_dir {self.run_dir} already holds checkpoints; pass --resume auto "
                                  "to continue it or choose another run_dir")
             return None
-        if resume == "auto":
-            return ckpt.latest_checkpoint(self.run_dir)
-        return ckpt.resolve_checkpoint(resume)
+        if resume == "auto":  # the newest checkpoint whose manifest verifies (a failing one is warned of, skipped)
+            found = ckpt.latest_valid_checkpoint(self.run_dir)
+        else:
+            found = ckpt.resolve_checkpoint(resume)
+        if found is not None:  # model, task or critic set changed since the checkpoint: refused, keys named
+            ckpt.check_resume_config(found, to_dict(self.cfg))
+        return found
 
     def setup(self) -> None:
         c = self.cfg
@@ -388,6 +392,9 @@ class Controller:
 
     def _checkpoint(self, r: int) -> Path:
         staging = ckpt.staging_dir(self.run_dir, r)
-        self.learner.call(Learner.save, str(staging))
-        ray.get(self.replay.save.remote(str(staging / REPLAY_FILE)))
+        try:
+            self.learner.call(Learner.save, str(staging))
+            ray.get(self.replay.save.remote(str(staging / REPLAY_FILE)))
+        except Exception as e:  # a full disk in a learner or the replay actor: no partial folder stays behind
+            raise ckpt.failed_write(staging, e, ckpt.latest_checkpoint(self.run_dir)) from e
         return ckpt.commit(staging, self.state_dict())
