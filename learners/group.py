@@ -56,9 +56,14 @@ class LearnerRank:
         return method(self.learner, *args, **kwargs)
 
     # ---- the collective weight transport (rank 0 is the sender) ------------------------
-    def open_broadcast(self, num_receivers: int, bucket_mb: float) -> GroupAddress:
-        """Rank 0: a broadcast group for the current weights' layout; returns its address for the receivers."""
-        self.sender = CollectiveSender(join_models(self.learner.weights()), num_receivers, bucket_mb=bucket_mb,
+    def open_broadcast(self, num_receivers: int, bucket_mb: float) -> GroupAddress | None:
+        """Every rank calls it: gathering the weights is a collective under ZeRO-3 (a rank left out would leave
+        rank 0 waiting in GatheredParameters). Rank 0 then opens a broadcast group for their layout and
+        returns its address for the receivers; the other ranks return None."""
+        weights = self.learner.weights()
+        if self.rank != 0:
+            return None
+        self.sender = CollectiveSender(join_models(weights), num_receivers, bucket_mb=bucket_mb,
                                        host=ray.util.get_node_ip_address())
         return self.sender.address()
 
@@ -114,7 +119,7 @@ class LearnerGroup:
         the actors confirm (they swap between searches: a call queues behind the search in flight)."""
         if self.transport == "collective":
             if not self.broadcast_open:
-                addr = ray.get(self.ranks[0].open_broadcast.remote(len(pool.actors), self.bucket_mb))
+                addr = ray.get([a.open_broadcast.remote(len(pool.actors), self.bucket_mb) for a in self.ranks])[0]
                 ray.get(pool.join_broadcast(addr) + [self.ranks[0].join_broadcast.remote()])
                 self.broadcast_open = True
             received = pool.receive_broadcast()  # receivers first: both sides block until all are there

@@ -43,6 +43,8 @@ def ds_config(cfg: LearnerConfig, on_gpu: bool, world_size: int = 1) -> dict:
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg.zero3_persistence_threshold is not None:
+        zero["stage3_param_persistence_threshold"] = cfg.zero3_persistence_threshold
     return {
         "train_micro_batch_size_per_gpu": micro_batch(cfg, world_size),
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -360,6 +362,11 @@ class Learner:
             return {}
         weights = {name: self._weights(engine) for name, engine in self._models()}
         return weights if self.rank == 0 else {}
+
+    def partitioned_sizes(self) -> list[tuple[int, int]]:
+        """(elements this rank holds, elements in all) of each policy parameter ZeRO-3 manages; [] otherwise."""
+        return [(int(p.ds_tensor.numel()), int(p.ds_numel)) for p in self.policy.module.parameters()
+                if hasattr(p, "ds_numel")]
 
     def _models(self):
         return [("policy", self.policy), *self.critics.items()]

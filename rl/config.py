@@ -180,6 +180,9 @@ class LearnerConfig:
     max_seq_len: int = 256         # tokens per training sequence (arithmetic solutions are well under 100)
     num_ranks: int = 1             # data-parallel DeepSpeed ranks (Ray actors forming one torch.distributed group)
     offload_optimizer: bool = False  # ZeRO optimizer states in CPU memory (GPU runs with big models)
+    # ZeRO-3 keeps parameters with fewer elements than this whole on every rank (DeepSpeed's
+    # stage3_param_persistence_threshold; None = DeepSpeed's default, 1e5); 0 partitions every parameter
+    zero3_persistence_threshold: int | None = None
     # how published weights reach the rollout actors: one put into Ray's object store that every actor
     # pulls, or a broadcast group from learner rank 0 (gloo on CPU, nccl on GPU) in buckets of bucket_mb
     weight_transport: Literal["object_store", "collective"] = "object_store"

@@ -206,3 +206,43 @@ def test_sft_batch_keeps_the_completion_of_a_long_pair_and_an_unlabelled_batch_h
     loss = sft_loss(logits, torch.full((2, 12), IGNORE))
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.ray
+def test_zero3_two_ranks_publish_whole_weights_over_both_transports(tiny_model_dir, ray_local):
+    """ZeRO-3 over 2 ranks with every parameter partitioned (persistence threshold 0): gathering the weights
+    is a collective, so every rank must take part when the broadcast group opens and on each publish.
+    What the actors receive, by the broadcast group and by the object store, equals bit for bit what the
+    learner holds."""
+    from actors.rollout import RolloutPool
+    from learners.group import LearnerGroup
+    from learners.learner import Learner
+    from rl.config import from_dict
+    task = ArithmeticTask(EASY)
+    probs = task.generate(8, 5, "train")
+    cfg = from_dict({"run_dir": "unused", "learner": {
+        "zero_stage": 3, "zero3_persistence_threshold": 0, "num_ranks": 2, "batch_size": 4, "num_cpus": 0.5,
+        "critic_model": "head", "weight_transport": "collective"},
+        "rollout": {"num_actors": 1, "num_cpus": 0.5}, "search": {"simulations": 2, "branching": 2}}, where="test")
+    group = LearnerGroup(cfg, str(tiny_model_dir), str(tiny_model_dir))
+    pool = RolloutPool(cfg, str(tiny_model_dir), str(tiny_model_dir))
+    try:
+        sizes = group.call(Learner.partitioned_sizes)
+        assert sizes and all(local < whole for local, whole in sizes)  # ZeRO-3 really partitions them
+        versions = []
+        # the broadcast group opens, publishes twice; then the object store publishes from the same ranks
+        for transport in ("collective", "collective", "object_store"):
+            group.transport = transport
+            group.call(Learner.train_policy, [task.prompt(p) for p in probs], [p.solution for p in probs], steps=1)
+            versions.append(group.publish(pool))
+            held = ray_local.get(pool.actors[0].weights.remote())
+            learner_weights = group.call(Learner.weights)
+            for model in ("policy", "value"):
+                assert learner_weights[model].keys() == held[model].keys()
+                for k, v in learner_weights[model].items():
+                    np.testing.assert_array_equal(held[model][k], v, err_msg=f"{transport} {model}.{k}")
+        assert versions == [versions[0], versions[0] + 1, versions[0] + 2]
+    finally:
+        group.shutdown()
+        for a in pool.actors:
+            ray_local.kill(a)
