@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 COLUMNS = [("round", "round"), ("greedy_acc", "greedy_acc"), ("search_acc", "search_acc (MCTS)"),
+           ("astar_acc", "astar_acc"),
            ("train_solved", "train prompts solved by search"), ("auc_within_value", "V AUC within problem"),
            ("value_ece", "V ECE"), ("search_distinct_children", "distinct children / expansion"),
+           ("search_multi_path", "trees with > 1 complete path"),
            ("tokens_cumulative", "generated tokens"), ("seconds", "seconds")]
 
 
@@ -27,9 +29,13 @@ def cell(key: str, value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+OPTIONAL = {"astar_acc", "search_multi_path"}  # shown when some round has them (loop.eval_methods, newer runs)
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    cols = [(k, h) for k, h in COLUMNS if k not in OPTIONAL or any(k in r for r in rows)]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(k, r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ def hand_tree() -> Tree:
 def test_tree_stats_counts_by_hand():
     s = tree_stats(hand_tree(), ToyTask(), TOY_PROBLEM)
     # expanded: root, a, b, b2; distinct children: root {a, b} 2, a 2, b 1, b2 1
-    assert s == SearchStats(expanded=4, children=6, sampled=7 + 2, merged=2, answers=2, solved=True)
+    assert s == SearchStats(expanded=4, children=6, sampled=7 + 2, merged=2, answers=2, solved=True, paths=3)
 
 
 def test_tree_stats_unsolved_and_answerless():
@@ -33,7 +33,7 @@ def test_tree_stats_unsolved_and_answerless():
     t.add_child(0, "Answer: 3\n", terminal=True)
     t.add_child(0, "x\n", terminal=True)            # stopped without an answer: not a complete solution
     s = tree_stats(t, ToyTask(), TOY_PROBLEM)
-    assert (s.expanded, s.children, s.answers, s.solved) == (1, 2, 1, False)
+    assert (s.expanded, s.children, s.answers, s.solved, s.paths) == (1, 2, 1, False, 1)
     empty = tree_stats(Tree(prompt=TOY_PROMPT), ToyTask(), TOY_PROBLEM)
     assert (empty.expanded, empty.children, empty.merged, empty.answers, empty.solved) == (0, 0, 0, 0, False)
 
@@ -48,6 +48,7 @@ def test_diversity_metrics_pool_expansions_and_average_problems():
     assert m["search/merged_frac"] == pytest.approx(3 / (9 + 3))
     assert m["search/unique_answers"] == pytest.approx(1.5)
     assert m["search/pass_any"] == pytest.approx(0.5)
+    assert m["search/multi_path"] == pytest.approx(0.5)   # a holds more than one complete solution, b none
     assert diversity_metrics([]) == {}
 
 

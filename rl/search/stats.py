@@ -11,7 +11,7 @@ from rl.search.tree import Tree
 from rl.tasks.base import Problem, Task
 
 # the round's figures, logged as search/<key> and kept in summary.json as search_<key>
-DIVERSITY_KEYS = ("distinct_children", "merged_samples", "merged_frac", "unique_answers", "pass_any")
+DIVERSITY_KEYS = ("distinct_children", "merged_samples", "merged_frac", "unique_answers", "pass_any", "multi_path")
 
 
 @dataclass
@@ -23,6 +23,7 @@ class SearchStats:
     merged: int             # sampled steps folded into an existing sibling (state merge, Tree.merged)
     answers: int            # distinct final answers among the complete solutions in the tree
     solved: bool            # some complete solution in the tree has the right answer
+    paths: int = 0          # complete solutions (terminal nodes whose steps hold an answer)
 
 
 def tree_stats(tree: Tree, task: Task, problem: Problem) -> SearchStats:
@@ -32,14 +33,15 @@ def tree_stats(tree: Tree, task: Task, problem: Problem) -> SearchStats:
     parents = [i for i in range(tree.size) if tree.children[i]]
     children = sum(len({tree.text[k] for k in tree.children[i]}) for i in parents)
     merged = int(tree.merged[:tree.size].sum())
-    answers = set()
+    answers, paths = set(), 0
     for i in range(1, tree.size):
         if tree.terminal[i]:
             a = task.extract_answer(tree.steps(i))
             if a is not None:
                 answers.add(a.strip())
+                paths += 1
     return SearchStats(expanded=len(parents), children=children, sampled=tree.size - 1 + merged, merged=merged,
-                       answers=len(answers), solved=any(task.is_correct(problem, a) for a in answers))
+                       answers=len(answers), solved=any(task.is_correct(problem, a) for a in answers), paths=paths)
 
 
 def diversity_metrics(stats: list[SearchStats]) -> dict[str, float]:
@@ -51,6 +53,7 @@ def diversity_metrics(stats: list[SearchStats]) -> dict[str, float]:
         unique_answers     distinct final answers per problem, mean over the round's problems
         pass_any           problems with a right answer among the complete solutions the search reached
                            (pass@k of the policy's samples inside the search)
+        multi_path         problems whose tree holds more than one complete solution
     """
     if not stats:
         return {}
@@ -60,4 +63,5 @@ def diversity_metrics(stats: list[SearchStats]) -> dict[str, float]:
             "search/merged_samples": merged,
             "search/merged_frac": merged / sampled if sampled else 0.0,
             "search/unique_answers": sum(s.answers for s in stats) / n,
-            "search/pass_any": sum(s.solved for s in stats) / n}
+            "search/pass_any": sum(s.solved for s in stats) / n,
+            "search/multi_path": sum(s.paths > 1 for s in stats) / n}
