@@ -70,7 +70,7 @@ class RolloutPool:
         self.actors = [
             RolloutActor.options(**self.placement.options(i), runtime_env=runtime_env(r.num_cpus))
             .remote(task, cfg.search, policy_path, value_path, device=device, critic_device=critic_device,
-                    seed=cfg.seed * 1000 + i, num_threads=threads_for(r.num_cpus), backend=cfg.model.backend,
+                    seed=cfg.seed, stream=i, num_threads=threads_for(r.num_cpus), backend=cfg.model.backend,
                     critics=tuple(cfg.learner.critics), labels=cfg.labels, threads=r.search_threads,
                     critic_model=cfg.learner.critic_model)
             for i in range(r.num_actors)]

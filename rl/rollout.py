@@ -4,6 +4,7 @@ A plain class: actors/rollout.py wraps it in Ray from the outside, and tests use
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,7 +59,14 @@ class RolloutBatch:
     critic_version: int = 0
 
 
-LABEL_BATCH = 64  # completions per generate call when labelling
+LABEL_BATCH = 64
+
+
+def problem_seed(seed: int, *keys) -> int:
+    """A 63-bit seed from the run seed and keys (round, purpose, problem id): sha256, so stable across processes
+    (Python's hash() of a str is salted per process)."""
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # completions per generate call when labelling
 
 
 class RolloutWorker:
@@ -73,7 +81,7 @@ class RolloutWorker:
                  device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf",
                  critics: tuple[str, ...] | list[str] = (), labels: LabelsConfig | None = None,
                  critic_device: str | None = None, critic_paths: dict[str, str] | None = None,
-                 threads: int = 1, critic_model: str = "generative"):
+                 threads: int = 1, critic_model: str = "generative", stream: int = 0):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.task = task
@@ -101,7 +109,11 @@ class RolloutWorker:
                 raise ValueError("labels.q_source = 'stronger' needs labels.stronger_policy (a HF model folder)")
             self.stronger = Policy.from_pretrained(self.labels.stronger_policy, device=device)
         check_rule_config(task, search_cfg)  # a task without a rule-based utility fails here, before any work
-        self.rng = np.random.default_rng(seed)
+        # every search draws from its own generator, seeded from (seed, policy version, purpose, problem id):
+        # the same seed gives the same records whichever worker searches a problem, in whatever chunk or
+        # order. self.rng (stream = the actor's index) is left for labels drawn across a chunk (PRM, RFT).
+        self.seed = seed
+        self.rng = np.random.default_rng([seed, stream])
         self.pid = os.getpid()
         self.label_tokens = 0  # generated for critic labels so far (RolloutBatch.label_tokens: one call's share)
 
@@ -131,7 +143,8 @@ class RolloutWorker:
         out = RolloutBatch(policy_version=self.policy.version, critic_version=self.value.version)
         label_tokens_before = self.label_tokens
         searched = []
-        for p, res in zip(problems, self._run_searches(method, problems, models, budget)):
+        purpose = "train" if use_reward else "search"
+        for p, res in zip(problems, self._run_searches(method, problems, models, budget, purpose)):
             if use_reward:  # label the tree's terminals for training, whatever the search scored them with
                 for i in range(res.tree.size):
                     if res.tree.terminal[i] and np.isnan(res.tree.reward[i]):
@@ -277,7 +290,7 @@ class RolloutWorker:
         models = self.models()
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
         return [self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds)
-                for p, r in zip(problems, self._run_searches(search, problems, models, budget))]
+                for p, r in zip(problems, self._run_searches(search, problems, models, budget, f"eval/{method}"))]
 
     # ---- imagination ----------------------------------------------------------------
     def synthesize(self, seeds: list[Problem], cfg: ImaginationConfig, *, eval_index: frozenset[tuple[str, ...]],
@@ -298,13 +311,18 @@ class RolloutWorker:
                           n=cfg.ngram, rng=np.random.default_rng(seed), temperature=cfg.temperature,
                           question_max_tokens=cfg.question_max_tokens, solution_max_tokens=cap)
 
-    def _run_searches(self, search, problems: list[Problem], models: Models, budget: Budget) -> list:
+    def problem_rng(self, problem: Problem, purpose: str) -> np.random.Generator:
+        """The generator of one search: a function of (run seed, policy version = the round, purpose, problem id)
+        only, never of which worker runs it or what it ran before."""
+        return np.random.default_rng(problem_seed(self.seed, self.policy.version, purpose, problem.id))
+
+    def _run_searches(self, search, problems: list[Problem], models: Models, budget: Budget, purpose: str) -> list:
         """One search per problem: one after another, or `threads` at a time with the engine backend,
-        whose decode loop batches the concurrent searches' requests (continuous batching). Threaded
-        searches each get their own generator, drawn from the worker's in problem order."""
+        whose decode loop batches the concurrent searches' requests (continuous batching). Each search
+        gets its own generator (problem_rng)."""
+        rngs = [self.problem_rng(p, purpose) for p in problems]
         if self.threads <= 1:
-            return [search(p, self.task, models, budget, self.rng) for p in problems]
-        rngs = [np.random.default_rng(int(self.rng.integers(2**63))) for _ in problems]
+            return [search(p, self.task, models, budget, rng) for p, rng in zip(problems, rngs)]
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             return list(pool.map(lambda pr: search(pr[0], self.task, models, budget, pr[1]), zip(problems, rngs)))
 
