@@ -149,6 +149,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         # imported here, not at the top: rl.search imports rl.tasks, which imports this module
         from rl.search import check_search_config
+        if not self.temperature > 0:  # at 0 every candidate step is the same greedy step: nothing to search over
+            raise ConfigError(f"search.temperature = {self.temperature!r}: must be > 0 (candidate steps are sampled)")
         try:
             check_search_config(self)  # every method is built from these fields, so each is checked where it is read
         except ValueError as e:
@@ -321,6 +323,10 @@ class LoopConfig:
     # more methods evaluated each round on the eval_search_size problems, besides greedy and search.method
     eval_methods: list[Literal["greedy", "sc", "wvote", "bon", "beam", "mcts", "astar"]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"loop.rounds = {self.rounds!r}: must be >= 1 (round 0 is the bootstrap)")
+
 
 @dataclass
 class RFTConfig:
@@ -453,6 +459,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e})") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
     return from_dict(data, overrides, where=str(path) if path else "<defaults>", cls=cls)
