@@ -56,6 +56,7 @@ def cmd_eval(args) -> int:
     import numpy as np
 
     from launch.checkpoint import load_loop_state, resolve_checkpoint
+    from rl.checks import check_model_folder
     from rl.config import from_dict
     from rl.rollout import RolloutWorker
     from rl.search import SEARCHES
@@ -65,8 +66,10 @@ def cmd_eval(args) -> int:
         raise ValueError(f"--method {args.method!r}: known methods are {', '.join(SEARCHES)}")
     ck = resolve_checkpoint(args.checkpoint)
     cfg = from_dict(load_loop_state(ck)["config"], args.overrides, where=f"{ck}/loop_state.json")
-    problems = load_problems(args.data)
     task = build_task(cfg.task)
+    tok, context = check_model_folder(ck / "policy", f"{ck}/policy")  # tokenizer vs model, before any search
+    problems = load_problems(args.data, context=context,
+                             prompt_tokens=lambda p: len(tok(task.prompt(p), add_special_tokens=False)["input_ids"]))
     critics = [n for n in cfg.learner.critics if (ck / n).is_dir()]  # the trained critics the checkpoint holds
     worker = RolloutWorker(task, cfg.search, str(ck / "policy"), str(ck / "value"), device=cfg.model.device,
                            seed=cfg.seed, backend=cfg.model.backend, critics=critics,
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "eval":
             return cmd_eval(args)
         return cmd_data(args)
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, ConnectionError) as e:
         print(f"arbor: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,8 @@ from learners.group import LearnerGroup
 from learners.learner import Learner
 from launch import checkpoint as ckpt
 from launch.tracking import Tracker, eval_sample_rows, format_table, phase_line, write_summary
-from rl.config import Config, to_dict
+from rl.checks import check_inputs
+from rl.config import Config, ConfigError, to_dict
 from rl.imagination import REWRITE_COUNTS, Curriculum, arithmetic_config_for, build_ngram_index
 from rl.metrics import binary_auc, expected_calibration_error
 from rl.models.embedded import build_embedded_model
@@ -38,6 +40,30 @@ IMAGINATION_SEED_OFFSET = 3 * 10**6  # the rewriting's sampling seeds, apart fro
 REPLAY_FILE = "replay.jsonl"
 
 
+ADDRESS_TIMEOUT_S = 10.0  # how long --address may take to answer before the run stops
+
+
+def probe_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+    """Raise ConnectionError within ~timeout seconds when no Ray cluster listens at address ('auto', HOST:PORT or
+    ray://HOST:PORT). ray.init on a dead address retries for minutes, so it is checked here first."""
+    target = address
+    if address.startswith("ray://"):
+        target = address[len("ray://"):]
+    else:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+        try:
+            target = canonicalize_bootstrap_address_or_die(address)
+        except ConnectionError as e:
+            raise ConnectionError(f"--address {address}: no running Ray cluster found ({e})") from None
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"--address {address}: no Ray cluster answers at {target} within {timeout:.0f} s "
+                              f"({e})") from None
+
+
 class Controller:
     def __init__(self, cfg: Config, *, resume: str = "auto", address: str | None = None, console: bool = True):
         self.cfg = cfg
@@ -50,13 +76,20 @@ class Controller:
             raise ValueError(f"loop.method = 'rft' runs in loop.mode = 'sync' only, got {cfg.loop.mode!r}")
         if cfg.loop.method == "rft" and cfg.imagination.rewrite:
             raise ValueError("loop.method = 'rft' does not rewrite prompts: set imagination.rewrite = false")
+        run_dir = self.run_dir
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"run_dir = {cfg.run_dir!r} is a file, not a folder")
         self.task = build_task(cfg.task)
         check_rule_config(self.task, cfg.search)  # a rule-based utility the task lacks: named before any work
+        if address:  # a cluster that is not there fails here in seconds (ray.init would retry for minutes)
+            probe_address(address)
         self.eval_problems = self._eval_problems()
         # rewrites that overlap the questions evaluated on are dropped (imagination.max_overlap)
         self.eval_index = (build_ngram_index([p.question for p in self.eval_problems], cfg.imagination.ngram)
                            if cfg.imagination.rewrite else frozenset())
         self.resume_from = self._resume_point(resume)
+        # model folders, tokenizer vs model, data files vs the model's context: all before Ray or run_dir
+        check_inputs(cfg, self.task, self.resume_from / "policy" if self.resume_from is not None else None)
         self.round = 0            # last completed round
         self.version = 0          # last published weights version
         self.summary: list[dict] = []

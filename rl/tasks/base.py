@@ -64,23 +64,46 @@ def save_problems(problems: list[Problem], path: str | Path) -> None:
     tmp.replace(path)
 
 
-def load_problems(path: str | Path) -> list[Problem]:
-    """Read a JSONL file of problems; a bad line raises ValueError naming file:line."""
+def load_problems(path: str | Path, *, prompt_tokens=None, context: int | None = None) -> list[Problem]:
+    """Read a JSONL file of problems; a bad line raises ValueError naming file:line.
+
+    id is a string or an integer, question a string, answer a string or a number, solution a string.
+    With prompt_tokens (problem -> token count of its prompt) and context (the model's positions), a prompt
+    that leaves no room for a single generated token is refused too.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such data file")
     problems, seen = [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e})") from None
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            p = Problem(id=str(rec["id"]), question=str(rec["question"]), answer=str(rec["answer"]),
-                        solution=str(rec.get("solution", "")))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{lineno}: not a problem record ({type(e).__name__}: {e})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno}: a problem record is a JSON object, got {type(rec).__name__}")
+        types = {"id": (str, int), "question": (str,), "answer": (str, int, float), "solution": (str,)}
+        for key, ok in types.items():
+            if key not in rec:
+                if key == "solution":
+                    continue
+                raise ValueError(f"{path}:{lineno}: missing field '{key}'")
+            if not isinstance(rec[key], ok) or isinstance(rec[key], bool):
+                raise ValueError(f"{path}:{lineno}: field '{key}' = {rec[key]!r} is not "
+                                 f"{' or '.join(t.__name__ for t in ok)}")
+        p = Problem(id=str(rec["id"]), question=rec["question"], answer=str(rec["answer"]),
+                    solution=rec.get("solution", ""))
         if p.id in seen:
             raise ValueError(f"{path}:{lineno}: duplicate problem id {p.id!r}")
+        if prompt_tokens is not None and context is not None and (n := prompt_tokens(p)) >= context:
+            raise ValueError(f"{path}:{lineno}: the prompt of problem {p.id!r} is {n} tokens, longer than the "
+                             f"model's context of {context}")
         seen.add(p.id)
         problems.append(p)
     if not problems:
