@@ -53,9 +53,16 @@ class ReplayHost:
             self.inbox.record_wait(time.monotonic() - start)
         return total
 
+    def _unique(self, records: list[Any]) -> list[Any]:
+        """Records by id, the last delivery of an id kept: a chunk searched again after its rollout actor died
+        may deliver the same (stable, per-problem seeded) records twice; they count once."""
+        by_id = {r.id: r for r in records}
+        self.duplicates = getattr(self, "duplicates", 0) + len(records) - len(by_id)
+        return list(by_id.values())
+
     async def drain(self, max_n: int | None = None) -> int:
         """Move up to max_n pending records (all if None) into the buffer, oldest first; returns the count."""
-        records = self.inbox.take(max_n)
+        records = self._unique(self.inbox.take(max_n))
         self.buffer.add(records)
         self._room.set()
         return len(records)
@@ -66,7 +73,7 @@ class ReplayHost:
         The learner receives this as an object ref (the driver passes the ref on without reading it):
         the records that arrived since the last drain, i.e. one round's experience.
         """
-        records = self.inbox.take(None)
+        records = self._unique(self.inbox.take(None))
         self.buffer.add(records)
         self._room.set()
         return records
@@ -83,7 +90,8 @@ class ReplayHost:
         return [r for r, s in zip(self.buffer, stale) if s <= max_staleness]
 
     async def metrics(self) -> dict[str, float]:
-        return {**self.inbox.metrics(), **self.buffer.metrics()}
+        return {**self.inbox.metrics(), **self.buffer.metrics(),
+                "replay/duplicates": float(getattr(self, "duplicates", 0))}
 
     async def size(self) -> int:
         """Records in the buffer (not counting the inbox; see replay/inbox_size)."""

@@ -62,13 +62,17 @@ class RolloutPool:
         task = build_task(cfg.task)
         r = cfg.rollout
         self.chunk_size = r.chunk_size
+        self.max_restarts, self.max_chunk_retries = r.max_restarts, r.max_chunk_retries
+        self.published = None  # (version, weights ref) of the last load_weights: a restarted actor gets it again
+        self.requeued = 0      # chunks handed out again after their actor died
         self.placement = RolloutPlacement(r.num_actors, num_cpus=r.num_cpus, policy_gpus=r.num_gpus,
                                           critic_gpus=r.critic_gpus, colocate=r.colocate_critics)
         on_gpu = "GPU" in self.placement.bundle
         device = self.placement.devices["policy"] if on_gpu else cfg.model.device
         critic_device = self.placement.devices["critic"] if on_gpu else None
         self.actors = [
-            RolloutActor.options(**self.placement.options(i), runtime_env=runtime_env(r.num_cpus))
+            RolloutActor.options(**self.placement.options(i), runtime_env=runtime_env(r.num_cpus),
+                                 max_restarts=r.max_restarts)
             .remote(task, cfg.search, policy_path, value_path, device=device, critic_device=critic_device,
                     seed=cfg.seed, stream=i, num_threads=threads_for(r.num_cpus), backend=cfg.model.backend,
                     critics=tuple(cfg.learner.critics), labels=cfg.labels, threads=r.search_threads,
@@ -76,23 +80,53 @@ class RolloutPool:
             for i in range(r.num_actors)]
 
     def _map(self, problems: list[Problem], call, progress=None) -> list:
-        """Run call(actor, chunk) over chunks, keeping every actor busy; results in problem order."""
+        """Run call(actor, chunk) over chunks, keeping every actor busy; results in problem order.
+
+        A chunk whose actor dies is queued again (Ray restarts the actor, up to rollout.max_restarts) and the
+        restarted actor is given the last published weights first; a chunk that fails more than
+        rollout.max_chunk_retries times, or a pool with no live actor left, stops the round with an error.
+        """
+        from collections import deque
         chunks = [problems[i:i + self.chunk_size] for i in range(0, len(problems), self.chunk_size)]
         results: list = [None] * len(chunks)
-        pending, next_chunk = {}, 0
-        for actor in self.actors:
-            if next_chunk < len(chunks):
-                pending[call(actor, chunks[next_chunk])] = (actor, next_chunk)
-                next_chunk += 1
+        queue = deque(range(len(chunks)))
+        tries = [0] * len(chunks)
+        deaths = [0] * len(self.actors)
+        pending: dict = {}
+
+        def feed(k: int) -> None:
+            if queue and deaths[k] <= self.max_restarts:
+                idx = queue.popleft()
+                pending[call(self.actors[k], chunks[idx])] = (k, idx)
+
+        for k in range(len(self.actors)):
+            feed(k)
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
-            actor, idx = pending.pop(done)
-            results[idx] = ray.get(done)
+            k, idx = pending.pop(done)
+            try:
+                results[idx] = ray.get(done)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                deaths[k] += 1
+                tries[idx] += 1
+                self.requeued += 1
+                if tries[idx] > self.max_chunk_retries:
+                    raise RuntimeError(f"rollout chunk {idx} ({[p.id for p in chunks[idx]]}) failed "
+                                       f"{tries[idx]} times; last on rollout actor {k}: {e}") from e
+                queue.appendleft(idx)
+                if deaths[k] <= self.max_restarts and self.published is not None:
+                    self.actors[k].load_weights.remote(*self.published)  # runs before its next chunk
+                if all(d > self.max_restarts for d in deaths):
+                    raise RuntimeError(f"every rollout actor died more than rollout.max_restarts = "
+                                       f"{self.max_restarts} times") from e
+                if not pending:  # nobody else busy: hand the chunk to the first live actor now
+                    for j in range(len(self.actors)):
+                        feed(j)
+                feed(k)
+                continue
             if progress is not None:
                 progress(len(chunks[idx]))
-            if next_chunk < len(chunks):
-                pending[call(actor, chunks[next_chunk])] = (actor, next_chunk)
-                next_chunk += 1
+            feed(k)
         return results
 
     def search(self, problems: list[Problem], progress=None, export_trees: int = 0, replay=None) -> list[RolloutBatch]:
@@ -131,4 +165,5 @@ class RolloutPool:
 
     def load_weights(self, version: int, weights_ref) -> list[int]:
         """Every actor swaps to the published weights; returns the versions they confirm."""
+        self.published = (version, weights_ref)
         return ray.get([a.load_weights.remote(version, weights_ref) for a in self.actors])

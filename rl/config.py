@@ -170,6 +170,10 @@ class RolloutConfig:
     # searches run concurrently inside an actor (model.backend: engine only): the engine batches their
     # generation requests into shared forward passes
     search_threads: int = 1
+    # fault tolerance: Ray restarts a dead rollout actor up to max_restarts times; the chunk it held goes back
+    # to the queue (and to another actor) up to max_chunk_retries times before the round fails
+    max_restarts: int = 2
+    max_chunk_retries: int = 2
 
 
 @dataclass
