@@ -1,4 +1,4 @@
-"""The `arbor` command line: train, eval, data generate."""
+"""The `arbor` command line: train, eval, grade, data generate."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--method", default="greedy", help="greedy, sc, wvote, bon, beam, mcts or astar")
     e.add_argument("--out", default=None, help="write RESULTS.json here")
     e.add_argument("overrides", nargs="*", help="dotted overrides of the checkpoint's config, e.g. search.simulations=32")
+
+    gr = sub.add_parser("grade", help="grade a JSONL file of completions against gold answers (launch/grade.py)")
+    gr.add_argument("--task", required=True, choices=["gsm8k", "math", "code"])
+    gr.add_argument("--data", required=True, help="JSONL: question (or prompt), gold answer, completion per line")
+    gr.add_argument("--out", required=True, help="write RESULTS.json here")
 
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -85,6 +90,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_grade(args) -> int:
+    from launch.grade import grade_file
+    if args.overrides:
+        raise ValueError(f"arbor grade takes no overrides: {' '.join(args.overrides)}")
+    res = grade_file(args.task, args.data, args.out)
+    print(f"{args.task} accuracy {res['accuracy']:.3f} on {res['n']} records ({args.out})")
+    return 0
+
+
 def cmd_data(args) -> int:
     from dataclasses import replace
 
@@ -114,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.cmd == "eval":
             return cmd_eval(args)
+        if args.cmd == "grade":
+            return cmd_grade(args)
         return cmd_data(args)
     except (ConfigError, ValueError, ConnectionError) as e:
         print(f"arbor: error: {e}", file=sys.stderr)
