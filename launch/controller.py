@@ -171,7 +171,7 @@ class Controller:
                 raise RuntimeError(f"{self.resume_from}: learner version {loaded} != loop state {self.version}")
             self.pool.load_weights(self.version, ray.put(self.learner.call(Learner.weights)))
         self.tracker = Tracker(self.run_dir, to_dict(c), mode=c.wandb.mode, project=c.wandb.project,
-                               entity=c.wandb.entity)
+                               entity=c.wandb.entity, backend=c.tracking.backend)
 
     # ---- state -----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -1,4 +1,5 @@
-"""Metrics out: W&B (online, offline or disabled), summary.json, and the console."""
+"""Metrics out: W&B (online, offline or disabled) or TensorBoard (tracking.backend), summary.json, and the
+console."""
 from __future__ import annotations
 
 import json
@@ -19,13 +20,44 @@ METRIC_GROUPS = ("eval", "learner", "critic", "search", "rollout", "time", "perf
                  "bootstrap", "rft", "imagination", "replay")
 SAMPLES_KEY = "eval/samples"
 SAMPLE_COLUMNS = ("question", "trajectory", "answer", "reward", "value")
+TENSORBOARD_DIR = "tensorboard"   # under run_dir, for tracking.backend: tensorboard
+
+
+def _sample_columns(rows: list[dict]) -> list[str]:
+    return list(SAMPLE_COLUMNS) + [k for k in rows[0] if k not in SAMPLE_COLUMNS]
+
+
+def _md_cell(v) -> str:
+    text = "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def samples_markdown(rows: list[dict]) -> str:
+    """The sample table as a Markdown table (TensorBoard's text plugin renders it): the columns of log_samples."""
+    columns = _sample_columns(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_md_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg_dict: dict, *, mode: str, project: str, entity: str | None):
+    """backend "wandb": a W&B run in `mode` (disabled: none). backend "tensorboard": a SummaryWriter on
+    run_dir/tensorboard; log writes every numeric metric as a scalar with the round as its step (other
+    values are skipped), log_samples the table as Markdown text under eval/samples, log_html nothing (W&B
+    only). A resumed run adds a new event file to the same folder; TensorBoard merges them by step."""
+
+    def __init__(self, run_dir: Path, cfg_dict: dict, *, mode: str, project: str, entity: str | None,
+                 backend: str = "wandb"):
+        if backend not in ("wandb", "tensorboard"):
+            raise ValueError(f"tracking.backend = {backend!r}: use wandb or tensorboard")
         self.run_dir = run_dir
         self.run = None
-        if mode != "disabled":
+        self.tb = None
+        if backend == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+            self.tb.add_text("config", "```\n" + json.dumps(cfg_dict, indent=1, default=str) + "\n```", 0)
+        elif mode != "disabled":
             import wandb
             id_file = run_dir / "wandb_id"
             run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
@@ -44,6 +76,12 @@ class Tracker:
             self.run.define_metric(f"{group}/*", step_metric=ROUND_AXIS)
 
     def log(self, metrics: dict, step: int) -> None:
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if _is_scalar(v):
+                    self.tb.add_scalar(k, float(v), global_step=step)
+            self.tb.add_scalar(ROUND_AXIS, float(step), global_step=step)
+            self.tb.flush()
         if self.run is not None:
             self.run.log({**metrics, ROUND_AXIS: step}, step=step)
 
@@ -55,17 +93,32 @@ class Tracker:
     def log_samples(self, rows: list[dict], step: int) -> None:
         """A wandb.Table of sample problems under eval/samples: the SAMPLE_COLUMNS, then any other keys of
         the rows (in the first row's order); a key a row lacks is None."""
-        if self.run is None or not rows:
+        if not rows:
+            return
+        if self.tb is not None:
+            self.tb.add_text(SAMPLES_KEY, samples_markdown(rows), global_step=step)
+            self.tb.flush()
+        if self.run is None:
             return
         import wandb
-        columns = list(SAMPLE_COLUMNS) + [k for k in rows[0] if k not in SAMPLE_COLUMNS]
+        columns = _sample_columns(rows)
         table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows],
                             allow_mixed_types=True)
         self.run.log({SAMPLES_KEY: table, ROUND_AXIS: step}, step=step)
 
     def finish(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
         if self.run is not None:
             self.run.finish()
+
+
+def _is_scalar(v) -> bool:
+    """A Python or numpy int or float (bools, strings, lists and None are not plotted)."""
+    import numpy as np
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    return isinstance(v, (int, float, np.integer, np.floating))
 
 
 def eval_sample_rows(problems: list, records: list, n: int = 8) -> list[dict]:

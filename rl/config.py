@@ -359,6 +359,14 @@ class WandbConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # where the per-round metrics go besides summary.json and the console: W&B (wandb.mode, wandb.project,
+    # wandb.entity), or TensorBoard event files in run_dir/tensorboard (the scalars, with the round as step,
+    # and each round's sample table as text; wandb.* is then unused)
+    backend: Literal["wandb", "tensorboard"] = "wandb"
+
+
+@dataclass
 class Config:
     run_dir: str = REQUIRED        # where summary.json, checkpoints and wandb go
     seed: int = 0
@@ -374,6 +382,7 @@ class Config:
     loop: LoopConfig = field(default_factory=LoopConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def _check_value(value: Any, tp: Any, key: str, where: str, required: bool = True) -> Any:
