@@ -37,8 +37,12 @@ class ArithmeticConfig:
 @dataclass
 class GSM8KConfig:
     """The GSM8K word-problem task (rl/tasks/gsm8k.py)."""
-    # JSONL in the HF GSM8K format ({"question", "answer"}, the answer ending "#### N"), relative to the working
-    # directory; split into train and eval problems by a hash of each question
+    # JSONL files in the HF GSM8K format ({"question", "answer"}, the answer ending "#### N"), relative to the
+    # working directory: GSM8K's own splits, train_path for training (bootstrap, rounds) and eval_path for
+    # evaluation (github.com/openai/grade-school-math: grade_school_math/data/train.jsonl and test.jsonl)
+    train_path: str | None = None
+    eval_path: str | None = None
+    # or one file (and neither of the above), split into train and eval problems by a hash of each question
     path: str | None = None
 
 

@@ -13,7 +13,8 @@ from rl.tasks.termination import NewlineStep
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "gsm8k_sample.jsonl"   # lines 1, 2, 3, 147 and 596 of the test split
-FULL = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"  # the GSM8K test split (MIT), beside the clone
+FULL = ROOT / "tests" / "data" / "gsm8k_test.jsonl"             # the GSM8K test split (MIT, LICENSE.gsm8k)
+TRAIN_HEAD = ROOT / "tests" / "data" / "gsm8k_train_head300.jsonl"  # its train split's first 300 lines
 
 
 def sample_task() -> GSM8KTask:
@@ -82,7 +83,7 @@ def test_registered_under_task_name_with_its_termination():
     assert type(build_task(TaskConfig(name="gsm8k", termination="formula_paragraph",
                                       gsm8k=GSM8KConfig(path=str(SAMPLE)))).termination).__name__ == \
         "FormulaParagraphStep"
-    with pytest.raises(ValueError, match="task.gsm8k.path is not set"):
+    with pytest.raises(ValueError, match="task.gsm8k.train_path and task.gsm8k.eval_path are not both set"):
         build_task(TaskConfig(name="gsm8k"))
 
 
@@ -121,7 +122,7 @@ def test_a_bad_line_names_file_and_line(tmp_path, lines, bad_line, message):
 
 
 def test_a_missing_or_empty_file_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"nope.jsonl: no such GSM8K file \(task.gsm8k.path\)"):
+    with pytest.raises(ValueError, match=r"nope.jsonl: no such GSM8K file \(task.gsm8k.path, train_path or eval_path\)"):
         GSM8KTask(GSM8KConfig(path=str(tmp_path / "nope.jsonl")))
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(ValueError, match="empty.jsonl: holds no problems"):
@@ -131,16 +132,33 @@ def test_a_missing_or_empty_file_is_named(tmp_path):
 def test_repo_config_builds_a_controller_over_the_file(monkeypatch, tmp_path):
     from launch.controller import Controller
     monkeypatch.chdir(ROOT)                                   # task.gsm8k.path is relative to the repo root
-    cfg = load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "loop.eval_size=30", "loop.prompts_per_round=12"])
+    data = [f"task.gsm8k.train_path={TRAIN_HEAD}", f"task.gsm8k.eval_path={FULL}"]
+    cfg = load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "loop.eval_size=30", "loop.prompts_per_round=12", *data])
     assert cfg.task.name == "gsm8k" and cfg.imagination.rewrite
     ctl = Controller(cfg)   # no Ray until setup()
-    assert len(ctl.eval_problems) == 30 and all(split_of(p.question) == "eval" for p in ctl.eval_problems)
+    test_ids = {p.id for p in load_gsm8k(FULL)}
+    assert len(ctl.eval_problems) == 30 and {p.id for p in ctl.eval_problems} <= test_ids   # the test file's
     first, second = ctl.train_problems(1), ctl.train_problems(2)
     assert len(first) == 12 and first != second and first == ctl.train_problems(1)
-    assert all(split_of(p.question) == "train" for p in first + second)
+    assert {p.id for p in first + second} <= {p.id for p in load_gsm8k(TRAIN_HEAD)}         # the train file's
     # the decontamination index holds the 8-grams of exactly the questions evaluated on
     from rl.imagination import build_ngram_index, ngram_overlap
     assert ctl.eval_index == build_ngram_index([p.question for p in ctl.eval_problems], 8)
     assert ngram_overlap(ctl.eval_problems[0].question, ctl.eval_index, 8) == 1.0
     with pytest.raises(ValueError, match="imagination.curriculum grows the arithmetic generator"):
-        Controller(load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "imagination.curriculum=true"]))
+        Controller(load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "imagination.curriculum=true", *data]))
+
+
+def test_train_and_eval_files_are_the_splits(tmp_path):
+    task = GSM8KTask(GSM8KConfig(train_path=str(TRAIN_HEAD), eval_path=str(FULL)))
+    assert len(task.splits["train"]) == 300 and len(task.splits["eval"]) == 1319
+    assert task.splits["eval"][0].answer == "18" and len(task.problems) == 1619
+    assert {p.id for p in task.generate(20, 0, "train")} <= {p.id for p in task.splits["train"]}
+    with pytest.raises(ValueError, match="gsm8k_train_head300.jsonl holds 300 train problems, 301 were asked"):
+        task.generate(301, 0, "train")
+    with pytest.raises(ValueError, match="not both"):
+        GSM8KTask(GSM8KConfig(path=str(SAMPLE), train_path=str(TRAIN_HEAD), eval_path=str(FULL)))
+    with pytest.raises(ValueError, match="are not both set"):
+        GSM8KTask(GSM8KConfig(train_path=str(TRAIN_HEAD)))
+    with pytest.raises(ValueError, match="5 questions of .*gsm8k_sample.jsonl are also in .*gsm8k_test.jsonl"):
+        GSM8KTask(GSM8KConfig(train_path=str(FULL), eval_path=str(SAMPLE)))

@@ -259,9 +259,10 @@ class RecordingPool:
 def test_controller_appends_kept_rewrites_to_the_round_prompts(monkeypatch, tmp_path):
     from launch.controller import Controller
     from rl.config import load_config
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])      # configs/gsm8k.yaml's data path is relative
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])      # configs/gsm8k.yaml's data paths are relative
+    data = ["task.gsm8k.train_path=tests/data/gsm8k_train_head300.jsonl", "task.gsm8k.eval_path=tests/data/gsm8k_test.jsonl"]
     cfg = load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "loop.prompts_per_round=5", "loop.eval_size=10",
-                                             "imagination.seeds_per_round=2"])
+                                             "imagination.seeds_per_round=2", *data])
     ctl = Controller(cfg, console=False)
     rewritten = Problem(id="r1", question="A rewritten question?", answer="4", solution="The answer is 4\n")
     ctl.pool, ctl.replay = RecordingPool([rewritten]), None
@@ -273,7 +274,7 @@ def test_controller_appends_kept_rewrites_to_the_round_prompts(monkeypatch, tmp_
     ctl._search(4)
     assert ctl.pool.synthesized[1][3] != seed                     # each round samples with its own seed
     off = Controller(load_config("configs/gsm8k.yaml", [f"run_dir={tmp_path}", "loop.prompts_per_round=5",
-                                                        "loop.eval_size=10", "imagination.rewrite=false"]))
+                                                        "loop.eval_size=10", "imagination.rewrite=false", *data]))
     off.pool, off.replay = RecordingPool([rewritten]), None
     assert off._search(3)["problems"] == off.train_problems(3) and off.pool.synthesized == []
     assert off.eval_index == frozenset() and off._search(3)["imagination"] == {}

@@ -114,12 +114,13 @@ def test_resume_continues_from_the_newest_checkpoint(run_dir, tmp_path):
 
 
 def test_gsm8k_run_with_rewriting_logs_the_imagination_counts(tmp_path):
-    """configs/gsm8k.yaml as shipped (the GSM8K test split beside the clone), one tiny round: the policy (the
+    """configs/gsm8k.yaml with tests/data's GSM8K files (the test split, the train split's first 300), one tiny round: the policy (the
     real tiny model, no bootstrap) rewrites 2 prompts with 3 templates, and the counts reach summary.json and W&B."""
     run = tmp_path / "g"
     out = arbor("train", "configs/gsm8k.yaml", f"run_dir={run}", "loop.rounds=1", *TINY, "bootstrap.steps=0",
                 "search.max_depth=4", "imagination.seeds_per_round=2", "imagination.samples=2",
-                "imagination.question_max_tokens=16")
+                "imagination.question_max_tokens=16", "task.gsm8k.train_path=tests/data/gsm8k_train_head300.jsonl",
+                "task.gsm8k.eval_path=tests/data/gsm8k_test.jsonl")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((run / "summary.json").read_text())
     assert [r["round"] for r in rows] == [0, 1]

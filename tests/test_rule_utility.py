@@ -1,4 +1,6 @@
 """The rule-based utility (Q*'s g from rules): each task's step check, RuleCritic, A* and the worker using it."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from rl.tasks.gsm8k import computations
 from tests.fakes import ToyTask
 
 ARITH = ArithmeticTask(ArithmeticConfig())
-GSM8K_FILE = "../shared/data/gsm8k/test.jsonl"
+GSM8K_FILE = str(Path(__file__).resolve().parent / "data" / "gsm8k_test.jsonl")  # GSM8K test split (MIT)
 
 
 # ---- arithmetic: a step keeps the value of the line above and makes progress -------------------------

@@ -13,8 +13,10 @@ line, and a last line "The answer is N":
     She makes 9 * 2 = $18 every day at the farmer's market.
     The answer is 18
 
-Train and eval problems are disjoint by construction, as in the arithmetic task: a problem belongs to
-the eval split iff a hash of its question falls in the eval bucket (`rl.tasks.arithmetic.split_of`).
+The train split is read from task.gsm8k.train_path and the eval split from task.gsm8k.eval_path (GSM8K's
+own train and test files; a question in both stops the run). Given one file instead (task.gsm8k.path), train
+and eval problems are disjoint by construction, as in the arithmetic task: a problem belongs to the eval
+split iff a hash of its question falls in the eval bucket (`rl.tasks.arithmetic.split_of`).
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ def load_gsm8k(path: str | Path) -> list[Problem]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such GSM8K file (task.gsm8k.path)")
+        raise ValueError(f"{path}: no such GSM8K file (task.gsm8k.path, train_path or eval_path)")
     problems: list[Problem] = []
     first_line: dict[str, int] = {}  # question -> the line it was read from
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -145,11 +147,23 @@ class GSM8KTask:
     termination: Termination = field(default_factory=NewlineStep)  # a step is one sentence-line of the rationale
 
     def __post_init__(self) -> None:
-        if not self.cfg.path:
-            raise ValueError("task.gsm8k.path is not set: give the JSONL file of GSM8K problems")
+        c = self.cfg
         # read once here, so a bad file stops the run before any work and the task travels to Ray actors whole
-        self.problems = load_gsm8k(self.cfg.path)
-        self.splits = {s: [p for p in self.problems if split_of(p.question) == s] for s in ("train", "eval")}
+        if c.path and (c.train_path or c.eval_path):
+            raise ValueError("task.gsm8k: give train_path and eval_path (the data set's own splits) or path "
+                             "(one file split by question hash), not both")
+        if c.path:
+            self.problems = load_gsm8k(c.path)
+            self.splits = {s: [p for p in self.problems if split_of(p.question) == s] for s in ("train", "eval")}
+            return
+        if not (c.train_path and c.eval_path):
+            raise ValueError("task.gsm8k.train_path and task.gsm8k.eval_path are not both set: give the JSONL "
+                             "files of GSM8K's train and test splits (or task.gsm8k.path, one file split by hash)")
+        self.splits = {"train": load_gsm8k(c.train_path), "eval": load_gsm8k(c.eval_path)}
+        shared = {p.id for p in self.splits["train"]} & {p.id for p in self.splits["eval"]}
+        if shared:
+            raise ValueError(f"task.gsm8k: {len(shared)} questions of {c.eval_path} are also in {c.train_path}")
+        self.problems = self.splits["train"] + self.splits["eval"]
 
     # ---- Task protocol -------------------------------------------------------------
     def prompt(self, problem: Problem) -> str:
@@ -183,7 +197,8 @@ class GSM8KTask:
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         pool = self.splits[split]
         if n > len(pool):
-            raise ValueError(f"task.gsm8k: {self.cfg.path} holds {len(pool)} {split} problems, {n} were asked for "
+            where = self.cfg.path or (self.cfg.train_path if split == "train" else self.cfg.eval_path)
+            raise ValueError(f"task.gsm8k: {where} holds {len(pool)} {split} problems, {n} were asked for "
                              "(lower bootstrap.examples, loop.prompts_per_round or loop.eval_size)")
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
         return [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
