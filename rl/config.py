@@ -47,15 +47,39 @@ class GSM8KConfig:
 
 
 @dataclass
+class MathConfig:
+    """The MATH competition-problem task (rl/tasks/math.py; Hendrycks et al. 2021, or its MATH-500 subset)."""
+    # JSONL of problem/solution/answer records, relative to the working directory: a train and an eval file, or one
+    # file (path, and neither of the others) split by a hash of each problem
+    train_path: str | None = None
+    eval_path: str | None = None
+    path: str | None = None
+    # the record's field names; answer_field "" = the last \boxed{} of the solution (Hendrycks' files have no answer)
+    problem_field: str = "problem"
+    solution_field: str = "solution"
+    answer_field: str = "answer"
+    level_field: str = "level"       # kept per problem (MathTask.meta); "" = none
+    subject_field: str = "subject"   # likewise
+    timeout_s: int = 5               # seconds per math-verify parse and comparison (rl/grading/math.py)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s < 1:
+            raise ConfigError(f"task.math.timeout_s = {self.timeout_s!r}: give whole seconds >= 1")
+        if not self.problem_field or not self.solution_field:
+            raise ConfigError("task.math.problem_field and solution_field must name fields")
+
+
+@dataclass
 class TaskConfig:
-    name: str = "arithmetic"       # = rl.tasks.TASKS: arithmetic, gsm8k
+    name: str = "arithmetic"       # = rl.tasks.TASKS: arithmetic, gsm8k, math
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     gsm8k: GSM8KConfig = field(default_factory=GSM8KConfig)
+    math: MathConfig = field(default_factory=MathConfig)
     train_data: str | None = None  # JSONL of problems; None = generate from the task
     eval_data: str | None = None   # JSONL of held-out problems; None = generate
-    # where a reasoning step ends (rl.tasks.termination.TERMINATIONS): a line, a paragraph holding a formula,
-    # or a code statement (a block statement with its block)
-    termination: Literal["newline", "formula_paragraph", "code"] = "newline"
+    # where a reasoning step ends (rl.tasks.termination.TERMINATIONS): a line, a paragraph holding a formula
+    # (latex_: a LaTeX one counts too, for math), or a code statement (a block statement with its block)
+    termination: Literal["newline", "formula_paragraph", "latex_formula_paragraph", "code"] = "newline"
 
 
 @dataclass

@@ -2,17 +2,18 @@
 from rl.tasks.arithmetic import ArithmeticTask
 from rl.tasks.base import Problem, Task, load_problems, save_problems
 from rl.tasks.gsm8k import GSM8KTask
+from rl.tasks.math import MathTask
 from rl.tasks.termination import termination_for
 
-TASKS = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
+TASKS = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask, "math": MathTask}
 
 
 def build_task(cfg) -> Task:
     """The task a TaskConfig names, with its termination function (task.termination)."""
     if cfg.name not in TASKS:
         raise ValueError(f"task.name = {cfg.name!r}: known tasks are {', '.join(TASKS)}")
-    knobs = {"arithmetic": cfg.arithmetic, "gsm8k": cfg.gsm8k}[cfg.name]  # each task's own config section
+    knobs = {"arithmetic": cfg.arithmetic, "gsm8k": cfg.gsm8k, "math": cfg.math}[cfg.name]  # each task's own config section
     return TASKS[cfg.name](knobs, termination=termination_for(cfg.termination))
 
 
-__all__ = ["Problem", "Task", "TASKS", "ArithmeticTask", "GSM8KTask", "build_task", "load_problems", "save_problems"]
+__all__ = ["Problem", "Task", "TASKS", "ArithmeticTask", "GSM8KTask", "MathTask", "build_task", "load_problems", "save_problems"]

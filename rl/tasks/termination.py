@@ -91,6 +91,26 @@ class FormulaParagraphStep:
         return _cut(text, self.bounds(text))
 
 
+# A LaTeX formula (MATH solutions): a $...$ span with an operator or a command in it, or a display (\[, \(,
+# \begin{...}); "$5$" alone is not one
+LATEX_FORMULA_RE = re.compile(r"\$[^$]*[-+*/=<>^_\\][^$]*\$|\\\[|\\\(|\\begin\{")
+
+
+@dataclass(frozen=True)
+class LatexFormulaParagraphStep(FormulaParagraphStep):
+    """FormulaParagraphStep for LaTeX solutions (MATH): a step ends at the first "\\n\\n" after a formula, plain
+    (FORMULA_RE) or LaTeX (LATEX_FORMULA_RE), AlphaLLM's rule for MATH."""
+    name: ClassVar[str] = "latex_formula_paragraph"
+
+    def bounds(self, text: str) -> list[int]:
+        out, start = [], 0
+        for m in re.finditer("\n\n", text):
+            if FORMULA_RE.search(text, start, m.start()) or LATEX_FORMULA_RE.search(text, start, m.start()):
+                out.append(m.end())
+                start = m.end()
+        return out
+
+
 _CLAUSE_RE = re.compile(r"(else|elif|except|finally)\b")  # continue a block at its own level
 _STRING_RE = re.compile(r"'(?:\\.|[^'\\])*'?|\"(?:\\.|[^\"\\])*\"?")  # one-line strings, maybe unclosed
 
@@ -165,7 +185,8 @@ class CodeStep:
         return _cut(text, self.bounds(text))
 
 
-TERMINATIONS = {"newline": NewlineStep, "formula_paragraph": FormulaParagraphStep, "code": CodeStep}
+TERMINATIONS = {"newline": NewlineStep, "formula_paragraph": FormulaParagraphStep,
+                "latex_formula_paragraph": LatexFormulaParagraphStep, "code": CodeStep}
 
 
 def termination_for(name: str) -> Termination:
