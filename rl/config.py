@@ -137,6 +137,10 @@ class SearchConfig:
     beta_prm: float = 0.0
     beta_orm: float = 0.0
     max_terminals: int = 0         # stop after this many terminal nodes were visited (0 = off)
+    # training searches (the task's reward scores terminals) stop once this many distinct terminals scored 1:
+    # the loop learns from at most labels.sft_per_prompt of them, so later simulations only spend tokens.
+    # Evaluation searches have no reward and never stop early (0 = off)
+    stop_solved: int = 0
     final: Literal["visits", "value", "vote"] = "visits"
     # once every proposed path ends in an answer, a simulation that revisits a scored terminal samples this
     # many more steps at the node on its path with fewer than widen_max_draws draws whose children's values

@@ -253,3 +253,26 @@ def test_resampling_stops_when_nothing_merged_or_after_its_rounds():
     assert models.policy.temperatures == [0.8] * 4                         # 0: the search's own temperature
     with pytest.raises(ValueError, match="resample"):
         MCTS(resample=-1)
+
+
+def _solved(tree):
+    return int((tree.reward[:tree.size] == 1.0).sum())
+
+
+def test_training_search_stops_once_enough_terminals_are_verified():
+    steps = {PROMPT: ["Answer: 2\n", "Answer: 1\n", "Answer: 1 \n"]}
+    task = ToyTask()
+    def run(stop_solved, reward):
+        models = Models(policy=ScriptedPolicy(steps), value=TableCritic({}), reward=reward)
+        return MCTS(simulations=12, branching=3, stop_solved=stop_solved)(
+            PROBLEM, task, models, Budget(), np.random.default_rng(0))
+    full = run(0, task.reward)
+    assert full.tree.visits[0] == 12 and _solved(full.tree) == 2   # both right terminals, then revisits
+    one, two = run(1, task.reward), run(2, task.reward)
+    assert _solved(one.tree) == 1 and one.tree.visits[0] < two.tree.visits[0] < 12
+    assert _solved(two.tree) == 2
+    assert one.spent.generated_tokens <= full.spent.generated_tokens
+    # evaluation has no reward: the setting never stops it
+    assert run(1, None).tree.visits[0] == 12
+    with pytest.raises(ValueError, match="stop_solved"):
+        MCTS(stop_solved=-1)

@@ -93,6 +93,7 @@ class MCTS:
     temperature: float = 1.0
     step_max_tokens: int = 24
     max_terminals: int = 0                  # stop once this many terminal nodes were visited (0 = off)
+    stop_solved: int = 0                    # with a reward (training): stop once this many terminals scored 1 (0 = off)
     final: Literal["visits", "value", "vote"] = "visits"
     widen: int = 0                          # steps sampled when a simulation revisits a scored terminal (0 = off)
     widen_max_draws: int = 12               # steps a node may draw in all (children plus merged samples)
@@ -118,6 +119,7 @@ class MCTS:
             ("temperature", self.temperature >= 0, "must be >= 0"),
             ("step_max_tokens", self.step_max_tokens >= 1, "must be >= 1"),
             ("max_terminals", self.max_terminals >= 0, "must be >= 0 (0 = off)"),
+            ("stop_solved", self.stop_solved >= 0, "must be >= 0 (0 = off)"),
             ("final", self.final in ("visits", "value", "vote"), "one of visits, value, vote"),
             ("widen", self.widen >= 0, "must be >= 0 (0 = off)"),
             ("widen_max_draws", self.widen_max_draws >= 1, "must be >= 1"),
@@ -136,6 +138,9 @@ class MCTS:
             found = tree.terminal[:tree.size] & (tree.visits[:tree.size] > 0)
             if self.max_terminals and int(found.sum()) >= self.max_terminals:
                 break
+            if self.stop_solved and models.reward is not None \
+                    and int((tree.reward[:tree.size] == 1.0).sum()) >= self.stop_solved:
+                break  # enough verified solutions to learn from: more simulations only spend tokens
             node = self._select(tree, task, models, spent, rng, budget)
             if tree.terminal[node] and self.widen and not np.isnan(tree.evaluation[node]):
                 node = self._widen(tree, node, task, models, spent, rng)  # a new candidate, or node again
