@@ -21,6 +21,7 @@ from actors.rollout import RolloutPool
 from learners.group import LearnerGroup
 from learners.learner import Learner
 from launch import checkpoint as ckpt
+from launch.resources import round_perf
 from launch.tracking import Tracker, eval_sample_rows, format_table, phase_line, write_summary
 from rl.checks import check_inputs
 from rl.config import Config, ConfigError, to_dict
@@ -232,6 +233,7 @@ class Controller:
                "seconds": round(time.perf_counter() - t0, 1)}
         self.summary.append(row)
         metrics["time/round"] = row["seconds"]
+        metrics.update(round_perf(metrics, self.cfg.learner.batch_size))
         self._checkpoint(r)
         write_summary(self.run_dir, self.summary)
         self.tracker.log(metrics, step=r)

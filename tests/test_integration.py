@@ -68,7 +68,8 @@ def test_wandb_offline_run_holds_the_round_metrics(run_dir):
     out = subprocess.run(["wandb", "leet", "inspect", str(runs[0])], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac", "search/tree_0",
-                "search/distinct_children", "search/merged_samples", "search/unique_answers", "search/pass_any"):
+                "search/distinct_children", "search/merged_samples", "search/unique_answers", "search/pass_any",
+                "perf/host_rss_mb", "perf/tokens_per_s", "perf/learner_samples_per_s"):
         assert key in out.stdout
 
 
