@@ -4,7 +4,7 @@
 `python -I prog.py` (isolated mode: no user site, no PYTHON* variables, no script folder on sys.path):
 
   * its own process group (start_new_session), killed whole with SIGKILL when the run ends, at the
-    wall-time limit or after a normal exit, so no child it left running outlives the run;
+    wall-time limit or after a normal exit;
   * limits set by setrlimit in the child before exec: CPU seconds (RLIMIT_CPU), address space
     (RLIMIT_AS), processes of its user (RLIMIT_NPROC), bytes of one written file (RLIMIT_FSIZE, which
     also caps its captured stdout and stderr), and no core dumps;
@@ -13,34 +13,43 @@
     and are read back up to `limits.output_bytes`;
   * the folder is deleted afterwards.
 
-When the machine allows it (see `isolation()`), two more layers, found once per process:
+When the machine allows it (see `isolation()`), more layers, found once per process by trying them:
 
-  * as root: `unshare --net --pid --fork --kill-child` then `setpriv` to an unprivileged user
-    (`limits.user`, default nobody). The program has no network (a new network namespace with only a
-    down loopback), is pid 1 of its own pid namespace (when it exits every process it started is
-    killed by the kernel, even one that called setsid), cannot signal or read /proc of the parent
-    (other uid), and cannot write files the parent's user owns. RLIMIT_NPROC only binds a non-root
-    user, so the drop is what makes it count.
-  * not root: `unshare --user --map-root-user --net --pid --fork --kill-child` when unprivileged user
-    namespaces are enabled; otherwise none of these, and the program shares the network and runs as
-    the calling user (then only the rlimits, the process group and the folder hold).
+  * as root: `unshare --net --pid --mount --mount-proc --fork --kill-child`, a private tmpfs over each
+    world-writable folder (/tmp, /var/tmp, /dev/shm, /run/lock), then `setpriv` to a uid of the run's
+    own (1048576 + a random slot: no account's files are its own) and `limits.user`'s group. The program
+    has no network (a new network namespace with only a down loopback); is pid 1 of its own pid
+    namespace and sees only its own processes in /proc; cannot signal or read /proc of the parent; can
+    write only its folder and the private tmpfs folders (which vanish with the run); and concurrent runs
+    do not share RLIMIT_NPROC, which binds only a non-root user. When the run ends the namespace's init
+    is SIGKILLed (the kernel then kills every process in it, even one that called setsid) and every
+    process left with the run's uid is killed.
+  * root where namespaces fail: only the drop to the run's uid (Popen user=/group=); the uid sweep still
+    kills what it left running, but the network, /proc and world-writable folders are shared.
+  * not root: `unshare --user --map-root-user --net --pid --mount ...` when unprivileged user
+    namespaces are enabled (the program keeps the caller's file permissions); otherwise none of these,
+    and the program shares the network and runs as the calling user (then only the rlimits, the
+    process group and the folder hold: a child that calls setsid can outlive the run).
 
-What it does NOT do (README "Sandbox"): no seccomp or syscall filter; the whole filesystem stays
-readable wherever the user may read; world-writable places (/tmp, /dev/shm) stay writable; RLIMIT_NPROC
-counts every process of the sandbox user, so concurrent runs share it; no cgroup, so RLIMIT_AS is per
-process. For untrusted models' code, run the sandbox actors in a container as well (README).
+What it does NOT do (README "Sandbox"): no seccomp or syscall filter, so a kernel exploit escapes; the
+whole filesystem stays readable wherever the sandbox user may read; no cgroup, so RLIMIT_AS is per
+process (up to `processes` times `memory_mb` in all) and nothing bounds disk or CPU use below the
+limits. For untrusted models' code, run the sandbox actors in a container as well (README).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pwd
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +66,7 @@ class SandboxLimits:
     processes: int = 32              # RLIMIT_NPROC, processes and threads of the sandbox user
     file_mb: float = 16.0            # RLIMIT_FSIZE, the largest file it may write (stdout/stderr included)
     output_bytes: int = 65536        # how much of stdout and stderr is read back
-    user: str = "nobody"             # the unprivileged user a root parent drops to
+    user: str = "nobody"             # a root parent drops to this user's group (and its uid when a fresh one fails)
     python: str = ""                 # interpreter; "" = this one, or /usr/bin/python3 when dropping to `user`
 
     def __post_init__(self) -> None:
@@ -75,40 +84,126 @@ class RunResult:
     returncode: int | None = None
 
 
-@functools.lru_cache(maxsize=None)
-def isolation(user: str = "nobody") -> tuple[str, ...]:
-    """The command prefix that isolates a run on this machine (namespaces, user drop), () when none works.
+# Per-run uids: above any account (Debian allocates below 60000, nobody is 65534), one per concurrent run,
+# so a run cannot touch another's processes or files and RLIMIT_NPROC counts only its own processes.
+_UID_BASE, _UID_SLOTS = 1 << 20, 1 << 16
+_uids_in_use: set[int] = set()
+_uids_lock = threading.Lock()
 
-    Tried once per process with a real `true` run, so a machine that forbids namespaces falls back quietly;
-    `isolation_level()` says which one was found.
-    """
-    unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
-    if unshare is None:
-        return ()
-    ns = [unshare, "--net", "--pid", "--fork", "--kill-child"]
-    if os.geteuid() == 0:
-        if setpriv is None:
-            return ()
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            return ()
-        prefix = (*ns, "--", setpriv, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "--")
-    else:
-        prefix = (unshare, "--user", "--map-root-user", *ns[1:], "--")
+# World-writable folders hidden behind a private tmpfs in the mount namespace: the program may use them,
+# its files vanish with the run, and it cannot reach what others keep there (/tmp/ray's sessions and logs).
+_PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# The namespace's init: sh as pid 1, the program its child. Not the program itself as pid 1: the kernel
+# drops signals without a handler to a namespace's init, so SIGXCPU (the CPU limit) or a program's own
+# SIGTERM would not end it. $1 = 1 to mount, $2 = the work folder, $3 = each tmpfs's size in KiB, $4 = the
+# folder's owner (uid:gid, "" to keep). With mounts the program runs in a copy of the work folder at the same
+# path on the new /tmp, so what it writes there counts against the tmpfs size, not the host's disk (the host
+# folder, the cwd, is still reachable through its reference). sh exits with the program's status (128 + N for
+# signal N); when it exits the kernel kills everything left in the namespace.
+_INIT_SCRIPT = (
+    'm=$1; w=$2; kb=$3; own=$4; shift 4; if [ "$m" = 1 ]; then for d in ' + " ".join(_PRIVATE_DIRS) + '; do '
+    'if [ -d "$d" ]; then mount -t tmpfs -o "size=${kb}k,mode=1777,nosuid,nodev" tmpfs "$d" || exit 125; fi; '
+    'done; mkdir -p "$w" && cp prog.py "$w/" && { [ -z "$own" ] || chown -R "$own" "$w"; } && cd "$w" || exit 125; '
+    'fi; "$@"; exit $?')
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How runs are isolated on this machine (found by `isolation()`)."""
+    level: str                     # e.g. "drop-user+mountns+netns+pidns", "userns+netns+pidns", "none"
+    namespaces: tuple[str, ...]    # the unshare command up to "--"; () for none
+    mounts: bool                   # a private tmpfs over each world-writable folder
+    gid: int | None = None         # the sandbox group when a root parent drops privileges
+    uid: int | None = None         # a fixed sandbox uid; None with `gid` set means a fresh uid per run
+
+    @property
+    def drops(self) -> bool:
+        return self.gid is not None
+
+
+def _command(iso: Isolation, work: Path, uid: int | None, tmpfs_kb: int, program: list[str]) -> list[str]:
+    cmd = list(iso.namespaces)
+    if iso.namespaces:
+        owner = f"{uid}:{iso.gid}" if uid is not None else ""
+        cmd += ["/bin/sh", "-c", _INIT_SCRIPT, "sh", "1" if iso.mounts else "0", str(work), str(tmpfs_kb), owner]
+    if iso.namespaces and uid is not None:  # without namespaces Popen drops (user=, group=)
+        cmd += [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={iso.gid}", "--clear-groups", "--"]
+    return [*cmd, *program]
+
+
+def _works(iso: Isolation, uid: int | None) -> bool:
+    """Whether a `true` run isolated this way succeeds here."""
+    work = Path(tempfile.mkdtemp(prefix="arbor-sandbox-probe-"))
     try:
-        ok = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    return prefix if ok else ()
+        (work / "prog.py").write_text("")
+        cmd = _command(iso, work, uid, 1024, [shutil.which("true") or "/bin/true"])
+        drop = {"user": uid, "group": iso.gid, "extra_groups": []} if iso.drops and not iso.namespaces else {}
+        return subprocess.run(cmd, cwd=work, stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                              **drop).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=None)
+def isolation(user: str = "nobody") -> Isolation:
+    """The strongest isolation that works on this machine, tried once per process with real `true` runs.
+
+    A machine that forbids namespaces (or mounts inside them) falls back quietly to the next level;
+    `isolation_level()` names the one found.
+    """
+    unshare = shutil.which("unshare")
+    ns = ("--net", "--pid", "--fork", "--kill-child")
+    tries: list[tuple[tuple[str, ...], bool]] = []  # (unshare command, mounts)
+    if unshare and os.geteuid() == 0:
+        tries = [((unshare, "--mount", "--mount-proc", *ns, "--"), True), ((unshare, *ns, "--"), False)]
+    elif unshare:
+        user_ns = (unshare, "--user", "--map-root-user")
+        tries = [((*user_ns, "--mount", "--mount-proc", *ns, "--"), True), ((*user_ns, *ns, "--"), False)]
+    if os.geteuid() != 0:
+        for namespaces, mounts in tries:
+            iso = Isolation(("userns+mountns+" if mounts else "userns+") + "netns+pidns", namespaces, mounts)
+            if _works(iso, None):
+                return iso
+        return Isolation("none", (), False)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"sandbox: no user {user!r} to drop to (SandboxLimits.user)") from None
+    fresh = _UID_BASE + _UID_SLOTS - 1
+    for namespaces, mounts in [*(t for t in tries if shutil.which("setpriv")), ((), False)]:
+        level = "drop-user" + ("+mountns" if mounts else "") + ("+netns+pidns" if namespaces else "")
+        for uid in (None, pw.pw_uid):  # a fresh uid per run where the kernel takes one, else the user's own
+            iso = Isolation(level, namespaces, mounts, pw.pw_gid, uid)
+            if _works(iso, fresh if uid is None else uid):
+                return iso
+    return Isolation("none", (), False)
 
 
 def isolation_level(user: str = "nobody") -> str:
-    """'drop-user+netns+pidns' (root), 'userns+netns+pidns' (not root) or 'none' (rlimits and process group only)."""
-    prefix = isolation(user)
-    if not prefix:
-        return "none"
-    return "drop-user+netns+pidns" if "--clear-groups" in prefix else "userns+netns+pidns"
+    """'drop-user+mountns+netns+pidns' (root, all layers) ... 'drop-user' (root, no namespaces),
+    'userns+mountns+netns+pidns' ... (not root) or 'none' (rlimits and process group only)."""
+    return isolation(user).level
+
+
+@contextlib.contextmanager
+def _run_uid(iso: Isolation):
+    """The uid this run drops to: a free slot of its own, or the fixed sandbox uid; None when not dropping."""
+    if not iso.drops or iso.uid is not None:
+        yield iso.uid
+        return
+    with _uids_lock:
+        # secrets, not random: processes that seed `random` alike would pick the same uids; the last is the probe's
+        uid = _UID_BASE + secrets.randbelow(_UID_SLOTS - 1)
+        while uid in _uids_in_use:
+            uid = _UID_BASE + secrets.randbelow(_UID_SLOTS - 1)
+        _uids_in_use.add(uid)
+    try:
+        yield uid
+    finally:
+        with _uids_lock:
+            _uids_in_use.discard(uid)
 
 
 def _interpreter(limits: SandboxLimits, dropping: bool) -> str:
@@ -136,6 +231,71 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is pid (its unreaped children cannot be recycled while it is unreaped itself)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        pass
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # the fields after the ")" that ends the command name: state, ppid, ...
+                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    """Live processes with this uid (zombies, dead and waiting for their new parent to reap them, left out)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = dict(ln.split(":", 1) for ln in entry.joinpath("status").read_text().splitlines() if ":" in ln)
+                if uid in map(int, fields["Uid"].split()) and not fields["State"].strip().startswith(("Z", "X")):
+                    out.append(int(entry.name))
+            except (OSError, ValueError, KeyError):
+                pass
+    return out
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process with this uid until none is left (a process cannot give up a uid it was dropped to)."""
+    for _ in range(100):  # a fork bomb forks while it is being killed; each round kills what the last one missed
+        pids = _pids_of_uid(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _end_run(proc: subprocess.Popen, iso: Isolation, uid: int | None) -> None:
+    """Kill everything the run started: the pid namespace, the process group, then what is left with its uid."""
+    if iso.namespaces and proc.poll() is None:
+        # SIGKILL the namespace's init (unshare's child, _INIT_SCRIPT): the kernel kills every process in the
+        # namespace, even one that left the process group with setsid; unshare exits once they are all gone
+        for pid in _children(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+    _kill_group(proc.pid)  # the group id is the child's pid (start_new_session)
+    proc.wait()
+    if uid is not None:
+        _kill_uid(uid)
+
+
 def _read(path: Path, limit: int) -> str:
     with path.open("rb") as f:
         return f.read(limit).decode("utf-8", errors="replace")
@@ -144,56 +304,62 @@ def _read(path: Path, limit: int) -> str:
 def run_program(source: str, limits: SandboxLimits | None = None, *, stdin: str = "") -> RunResult:
     """Run `source` as a Python program under the limits; never raises for anything the program does."""
     limits = limits or SandboxLimits()
-    prefix = isolation(limits.user)
-    dropping = "--clear-groups" in prefix
+    iso = isolation(limits.user)
     start = time.monotonic()
     # outer folder: the parent's, not writable by a dropped sandbox user; inner folder: the program's cwd
     outer = Path(tempfile.mkdtemp(prefix="arbor-sandbox-"))
-    try:
-        work = outer / "work"
-        work.mkdir()
-        (work / "prog.py").write_text(source, encoding="utf-8")
-        if dropping:
-            pw = pwd.getpwnam(limits.user)
-            os.chmod(outer, 0o755)
-            os.chown(work, pw.pw_uid, pw.pw_gid)
-            os.chown(work / "prog.py", pw.pw_uid, pw.pw_gid)
-        (outer / "stdin").write_text(stdin, encoding="utf-8")
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
-               "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-        cmd = [*prefix, _interpreter(limits, dropping), "-I", "prog.py"]
-        with (outer / "stdin").open("rb") as fin, (outer / "out").open("wb") as fout, \
-                (outer / "err").open("wb") as ferr:
-            try:
-                proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=fin, stdout=fout, stderr=ferr,
-                                        start_new_session=True, close_fds=True,
-                                        preexec_fn=functools.partial(_set_limits, limits))
-            except OSError as e:
-                return RunResult("error", f"could not start the program: {e}", time.monotonic() - start)
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.wall_seconds)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            _kill_group(proc.pid)  # the group id is the child's pid (start_new_session); kills what it left running
-            proc.wait()
-        seconds = time.monotonic() - start
-        out, err = _read(outer / "out", limits.output_bytes), _read(outer / "err", limits.output_bytes)
-        rc = proc.returncode
-        tail = err.strip()[-2000:]
-        if timed_out:
-            return RunResult("timeout", f"killed at the wall-time limit ({limits.wall_seconds:g} s)", seconds, out, rc)
-        if rc == 0:
-            return RunResult("pass", tail, seconds, out, rc)
-        # through `unshare --fork` a signal death of the program shows as exit 128 + signal
-        sig = -rc if rc < 0 else rc - 128 if rc > 128 and prefix else None
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and seconds >= limits.cpu_seconds):
-            return RunResult("timeout", f"killed at the CPU-time limit ({limits.cpu_seconds} s)", seconds, out, rc)
-        if sig == signal.SIGXFSZ:
-            return RunResult("error", f"killed at the file-size limit ({limits.file_mb:g} MB)", seconds, out, rc)
-        if sig is not None and sig > 0:
-            return RunResult("error", f"killed by signal {signal.Signals(sig).name if sig in signal.valid_signals() else sig}"
-                             + (f": {tail}" if tail else ""), seconds, out, rc)
-        return RunResult("fail", tail or f"exit status {rc}", seconds, out, rc)
-    finally:
-        shutil.rmtree(outer, ignore_errors=True)
+    with _run_uid(iso) as uid:
+        try:
+            return _run(source, limits, stdin, iso, uid, outer, start)
+        finally:
+            shutil.rmtree(outer, ignore_errors=True)
+
+
+def _run(source: str, limits: SandboxLimits, stdin: str, iso: Isolation, uid: int | None, outer: Path,
+         start: float) -> RunResult:
+    work = outer / "work"
+    work.mkdir()
+    (work / "prog.py").write_text(source, encoding="utf-8")
+    if iso.drops:
+        os.chmod(outer, 0o755)
+        os.chown(work, uid, iso.gid)
+        os.chown(work / "prog.py", uid, iso.gid)
+    (outer / "stdin").write_text(stdin, encoding="utf-8")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
+           "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    # each private tmpfs (its folder, /tmp, ...) holds twice the largest file: RAM, bounded
+    cmd = _command(iso, work, uid, max(1024, int(2 * limits.file_mb * 1024)),
+                   [_interpreter(limits, iso.drops), "-I", "prog.py"])
+    drop = {"user": uid, "group": iso.gid, "extra_groups": []} if iso.drops and not iso.namespaces else {}
+    with (outer / "stdin").open("rb") as fin, (outer / "out").open("wb") as fout, \
+            (outer / "err").open("wb") as ferr:
+        try:
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=fin, stdout=fout, stderr=ferr,
+                                    start_new_session=True, close_fds=True,
+                                    preexec_fn=functools.partial(_set_limits, limits), **drop)
+        except (OSError, subprocess.SubprocessError) as e:
+            return RunResult("error", f"could not start the program: {e}", time.monotonic() - start)
+        timed_out = False
+        try:
+            proc.wait(timeout=limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _end_run(proc, iso, uid)
+    seconds = time.monotonic() - start
+    out, err = _read(outer / "out", limits.output_bytes), _read(outer / "err", limits.output_bytes)
+    rc = proc.returncode
+    tail = err.strip()[-2000:]
+    if timed_out:
+        return RunResult("timeout", f"killed at the wall-time limit ({limits.wall_seconds:g} s)", seconds, out, rc)
+    if rc == 0:
+        return RunResult("pass", tail, seconds, out, rc)
+    # through the namespace's init (sh) a signal death of the program shows as exit 128 + signal
+    sig = -rc if rc < 0 else rc - 128 if rc > 128 and iso.namespaces else None
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and seconds >= limits.cpu_seconds):
+        return RunResult("timeout", f"killed at the CPU-time limit ({limits.cpu_seconds} s)", seconds, out, rc)
+    if sig == signal.SIGXFSZ:
+        return RunResult("error", f"killed at the file-size limit ({limits.file_mb:g} MB)", seconds, out, rc)
+    if sig is not None and sig > 0:
+        return RunResult("error", f"killed by signal {signal.Signals(sig).name if sig in signal.valid_signals() else sig}"
+                         + (f": {tail}" if tail else ""), seconds, out, rc)
+    return RunResult("fail", tail or f"exit status {rc}", seconds, out, rc)
