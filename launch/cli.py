@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("--task", required=True, choices=["gsm8k", "math", "code"])
     gr.add_argument("--data", required=True, help="JSONL: question (or prompt), gold answer, completion per line")
     gr.add_argument("--out", required=True, help="write RESULTS.json here")
+    gr.add_argument("--workers", type=int, default=None,
+                    help="code: records graded at once in the sandbox (default: the CPU count)")
 
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -94,7 +96,7 @@ def cmd_grade(args) -> int:
     from launch.grade import grade_file
     if args.overrides:
         raise ValueError(f"arbor grade takes no overrides: {' '.join(args.overrides)}")
-    res = grade_file(args.task, args.data, args.out)
+    res = grade_file(args.task, args.data, args.out, workers=args.workers)
     print(f"{args.task} accuracy {res['accuracy']:.3f} on {res['n']} records ({args.out})")
     return 0
 

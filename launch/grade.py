@@ -3,11 +3,14 @@
 Each line: {"question" (or "prompt"), "answer" (the gold, in the task's own format), "completion"}; an "id" is
 kept when present, else the line number is the id. For code a line is a HumanEval or MBPP record with its tests
 plus "completion" (rl/grading/code.py). The whole file is checked before anything is graded, and a bad line stops
-the command with its file:line; nothing is written then.
+the command with its file:line; nothing is written then. Code records are graded `workers` at a time (threads, each
+driving one sandbox subprocess); the results are the serial ones, in file order.
 """
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -74,22 +77,47 @@ def _grader(task: str) -> Callable[[dict], tuple[str | None, str, bool]]:
     raise ValueError(f"--task {task!r}: known tasks are {', '.join(GRADE_TASKS)}")
 
 
-def grade_file(task: str, data: str | Path, out: str | Path | None = None) -> dict:
+def grade_file(task: str, data: str | Path, out: str | Path | None = None, *, workers: int | None = None) -> dict:
     """Grade every line of data with the task's grader; write the results as JSON to out (when given).
 
+    Args:
+        workers: code records graded at once (sandbox runs in threads); None = the CPU count. gsm8k and math
+            grade serially (math-verify's timeout is a signal, which only the main thread receives).
     Returns:
         {"task", "data", "accuracy", "n", "records": [{"id", "prediction", "gold", "correct"}, ...]}.
     Raises:
         ValueError: naming file:line for a malformed line or gold answer; nothing is written then.
     """
     path = Path(data)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
     grade = _grader(task)
-    records = []
-    for lineno, rec in _read(path, task):
+    lines = _read(path, task)
+    if task == "code":  # a record without its tests stops here, before any sandbox run
+        from rl.grading.code import program_and_tests
+        for lineno, rec in lines:
+            try:
+                program_and_tests(rec, rec["completion"])
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {type(e).__name__}: {e}") from None
+
+    def grade_line(line: tuple[int, dict]) -> tuple[str | None, str, bool] | Exception:
         try:
-            prediction, gold, correct = grade(rec)
+            return grade(line[1])
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{lineno}: {type(e).__name__}: {e}") from None
+            return e
+
+    if task == "code" and workers > 1:
+        with ThreadPoolExecutor(min(workers, len(lines))) as pool:
+            graded = list(pool.map(grade_line, lines))
+    else:
+        graded = map(grade_line, lines)  # lazy: the first bad line stops the grading
+    records = []
+    for (lineno, rec), res in zip(lines, graded):
+        if isinstance(res, Exception):
+            raise ValueError(f"{path}:{lineno}: {type(res).__name__}: {res}")
+        prediction, gold, correct = res
         rid = rec.get("id", rec.get("task_id", rec.get("unique_id", lineno)))
         records.append({"id": rid, "prediction": prediction, "gold": gold, "correct": bool(correct)})
     result = {"task": task, "data": str(path), "accuracy": sum(r["correct"] for r in records) / len(records),
