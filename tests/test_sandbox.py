@@ -373,3 +373,18 @@ def test_concurrent_runs_have_their_own_uids():
         res = pool.submit(run_program, spawn, FAST).result()
         assert res.status == "pass" and res.stdout == "0\n", res.message
         assert held.result().status == "timeout"
+
+
+@pytest.mark.parametrize("with_prlimit", [True, False])
+def test_the_program_runs_under_the_limits(with_prlimit, monkeypatch):
+    """Limits come from prlimit before the interpreter, or from setrlimit in a preexec_fn where there is none."""
+    if not with_prlimit:
+        monkeypatch.setattr(sandbox, "_prlimit_prefix", lambda limits: [])
+    elif not sandbox._prlimit_prefix(FAST):
+        pytest.skip("no prlimit (util-linux) on this machine")
+    src = ("import resource as r\nprint([r.getrlimit(k) for k in "
+           "(r.RLIMIT_CPU, r.RLIMIT_AS, r.RLIMIT_NPROC, r.RLIMIT_FSIZE, r.RLIMIT_CORE)])\n")
+    res = run_program(src, FAST)
+    assert res.status == "pass", res.message
+    mb = 1 << 20
+    assert eval(res.stdout) == [(2, 3), (256 * mb,) * 2, (16, 16), (4 * mb,) * 2, (0, 0)]  # noqa: S307

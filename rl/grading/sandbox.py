@@ -5,9 +5,10 @@
 
   * its own process group (start_new_session), killed whole with SIGKILL when the run ends, at the
     wall-time limit or after a normal exit;
-  * limits set by setrlimit in the child before exec: CPU seconds (RLIMIT_CPU), address space
-    (RLIMIT_AS), processes of its user (RLIMIT_NPROC), bytes of one written file (RLIMIT_FSIZE, which
-    also caps its captured stdout and stderr), and no core dumps;
+  * limits set by `prlimit` just before the interpreter (setrlimit in a preexec_fn where there is no
+    prlimit, which is not safe with threads): CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS),
+    processes of its user (RLIMIT_NPROC), bytes of one written file (RLIMIT_FSIZE, which also caps its
+    captured stdout and stderr), and no core dumps;
   * a minimal environment (PATH, LANG, HOME = its folder): nothing of the parent's environment;
   * stdin is the harness's to use (`stdin` argument), stdout and stderr go to files outside its folder
     and are read back up to `limits.output_bytes`;
@@ -214,14 +215,31 @@ def _interpreter(limits: SandboxLimits, dropping: bool) -> str:
     return sys.executable
 
 
-def _set_limits(limits: SandboxLimits) -> None:
-    """Runs in the child between fork and exec (preexec_fn): only async-signal-safe-ish calls."""
+def _rlimits(limits: SandboxLimits) -> dict[int, tuple[int, int]]:
     mb = 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb,) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits.file_mb * mb),) * 2)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return {resource.RLIMIT_CPU: (limits.cpu_seconds, limits.cpu_seconds + 1),
+            resource.RLIMIT_AS: (limits.memory_mb * mb,) * 2,
+            resource.RLIMIT_NPROC: (limits.processes,) * 2,
+            resource.RLIMIT_FSIZE: (int(limits.file_mb * mb),) * 2,
+            resource.RLIMIT_CORE: (0, 0)}
+
+
+_PRLIMIT_NAMES = {resource.RLIMIT_CPU: "cpu", resource.RLIMIT_AS: "as", resource.RLIMIT_NPROC: "nproc",
+                  resource.RLIMIT_FSIZE: "fsize", resource.RLIMIT_CORE: "core"}
+
+
+def _prlimit_prefix(limits: SandboxLimits) -> list[str]:
+    """`prlimit --cpu=S:H ... --` (util-linux), [] where there is none."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        return []
+    return [prlimit, *(f"--{_PRLIMIT_NAMES[k]}={soft}:{hard}" for k, (soft, hard) in _rlimits(limits).items()), "--"]
+
+
+def _set_limits(limits: SandboxLimits) -> None:
+    """Runs in the child between fork and exec (preexec_fn), only where there is no prlimit."""
+    for key, value in _rlimits(limits).items():
+        resource.setrlimit(key, value)
 
 
 def _kill_group(pgid: int) -> None:
@@ -328,15 +346,17 @@ def _run(source: str, limits: SandboxLimits, stdin: str, iso: Isolation, uid: in
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
            "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     # each private tmpfs (its folder, /tmp, ...) holds twice the largest file: RAM, bounded
+    # prlimit sets the limits after the namespaces and the drop: they bind the program and what it starts
+    prlimit = _prlimit_prefix(limits)
     cmd = _command(iso, work, uid, max(1024, int(2 * limits.file_mb * 1024)),
-                   [_interpreter(limits, iso.drops), "-I", "prog.py"])
+                   [*prlimit, _interpreter(limits, iso.drops), "-I", "prog.py"])
     drop = {"user": uid, "group": iso.gid, "extra_groups": []} if iso.drops and not iso.namespaces else {}
     with (outer / "stdin").open("rb") as fin, (outer / "out").open("wb") as fout, \
             (outer / "err").open("wb") as ferr:
         try:
             proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=fin, stdout=fout, stderr=ferr,
                                     start_new_session=True, close_fds=True,
-                                    preexec_fn=functools.partial(_set_limits, limits), **drop)
+                                    preexec_fn=None if prlimit else functools.partial(_set_limits, limits), **drop)
         except (OSError, subprocess.SubprocessError) as e:
             return RunResult("error", f"could not start the program: {e}", time.monotonic() - start)
         timed_out = False
