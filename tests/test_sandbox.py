@@ -250,8 +250,9 @@ def test_cannot_read_the_parents_environment(monkeypatch):
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env={**os.environ})
     try:
         src = _prog("""
-            import os
+            import getpass, os
             print(dict(os.environ))
+            print(getpass.getuser())     # a fresh uid has no passwd entry: USER answers
             for pid in ({me}, {helper}):
                 try:
                     print(open(f"/proc/{{pid}}/environ", "rb").read())
@@ -268,7 +269,9 @@ def test_cannot_read_the_parents_environment(monkeypatch):
         assert secret not in res.stdout
         env = eval(res.stdout.splitlines()[0])  # noqa: S307 -- the dict it printed
         # the sandbox's own few variables (PWD, OLDPWD: its init's cd into the folder), none of this process's
-        assert set(env) <= {"PATH", "LANG", "HOME", "OMP_NUM_THREADS", "PYTHONHASHSEED", "LC_CTYPE", "PWD", "OLDPWD"}
+        assert set(env) <= {"PATH", "LANG", "HOME", "USER", "LOGNAME", "OMP_NUM_THREADS", "PYTHONHASHSEED",
+                            "LC_CTYPE", "PWD", "OLDPWD"}
+        assert res.stdout.splitlines()[1] == "sandbox"
     finally:
         helper.kill()
         helper.wait()

@@ -9,7 +9,7 @@
     prlimit, which is not safe with threads): CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS),
     processes of its user (RLIMIT_NPROC), bytes of one written file (RLIMIT_FSIZE, which also caps its
     captured stdout and stderr), and no core dumps;
-  * a minimal environment (PATH, LANG, HOME = its folder): nothing of the parent's environment;
+  * a minimal environment (PATH, LANG, HOME = its folder, USER): nothing of the parent's environment;
   * stdin is the harness's to use (`stdin` argument), stdout and stderr go to files outside its folder
     and are read back up to `limits.output_bytes`;
   * the folder is deleted afterwards.
@@ -343,8 +343,9 @@ def _run(source: str, limits: SandboxLimits, stdin: str, iso: Isolation, uid: in
         os.chown(work, uid, iso.gid)
         os.chown(work / "prog.py", uid, iso.gid)
     (outer / "stdin").write_text(stdin, encoding="utf-8")
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
-           "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    # USER and LOGNAME: a fresh uid has no passwd entry, so getpass.getuser() would raise without them
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work), "USER": "sandbox",
+           "LOGNAME": "sandbox", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     # each private tmpfs (its folder, /tmp, ...) holds twice the largest file: RAM, bounded
     # prlimit sets the limits after the namespaces and the drop: they bind the program and what it starts
     prlimit = _prlimit_prefix(limits)
