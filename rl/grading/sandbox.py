@@ -19,9 +19,10 @@ When the machine allows it (see `isolation()`), more layers, found once per proc
   * as root: `unshare --net --pid --mount --mount-proc --fork --kill-child`, a private tmpfs over each
     world-writable folder (/tmp, /var/tmp, /dev/shm, /run/lock), then `setpriv` to a uid of the run's
     own (1048576 + a random slot: no account's files are its own) and `limits.user`'s group. The program
-    has no network (a new network namespace with only a down loopback); is pid 1 of its own pid
-    namespace and sees only its own processes in /proc; cannot signal or read /proc of the parent; can
-    write only its folder and the private tmpfs folders (which vanish with the run); and concurrent runs
+    has no network (a new network namespace with only a down loopback); runs in its own pid namespace
+    (a root sh as its init, _INIT_SCRIPT) and sees only its processes in /proc; cannot signal or read
+    /proc of the parent; can write only the private tmpfs folders, its own folder a copy on the new /tmp
+    (all gone with the run); and concurrent runs
     do not share RLIMIT_NPROC, which binds only a non-root user. When the run ends the namespace's init
     is SIGKILLed (the kernel then kills every process in it, even one that called setsid) and every
     process left with the run's uid is killed.
