@@ -12,7 +12,6 @@ from rl.models.policy import StepSample
 from rl.search.astar import AStar
 from rl.search.types import Budget, Models
 from rl.tasks import CodeTask, build_task
-from rl.tasks.base import Problem
 from rl.tasks.code import RULE_FAIL, load_mbpp, tokenize_error
 from rl.tasks.termination import CodeBlockStep, NewlineStep
 from tests.test_termination import check_round_trip
