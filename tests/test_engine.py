@@ -1,4 +1,4 @@
-"""The batched engine (rl/models/engine.py) against plain HF forward/generate on tiny random models.
+"""The batched engine (rl/models/engine/) against plain HF forward/generate on tiny random models.
 
 Most tests use a "sharp" tiny Llama (initializer_range 1.0): its logits are far apart, so greedy
 decoding is robust to float rounding and different prompts end their steps at different times.

@@ -166,7 +166,8 @@ def test_engine_newline_termination_is_the_default_and_rounds_decode_straight_th
 
 
 def test_cut_after_a_dedent_keeps_the_step_and_counts_the_dedented_line(tiny_model_dir):
-    from rl.models.engine import Engine, _Step
+    from rl.models.engine import Engine
+    from rl.models.engine.stops import _Step, cut_rounds
     from rl.models.policy import _Piece, cut_step
     lines = ["if x:\n", "    y\n", "z\n"]                 # one round (piece) per line; "z" closes the block
     step, logprob = cut_step(CodeStep(), [_Piece(t, len(t), -1.0 - i) for i, t in enumerate(lines)])
@@ -174,6 +175,6 @@ def test_cut_after_a_dedent_keeps_the_step_and_counts_the_dedented_line(tiny_mod
     eng = Engine.from_pretrained(tiny_model_dir, device="cpu")
     ids = eng.tokenizer("".join(lines), add_special_tokens=False)["input_ids"]
     st = _Step(seq=None, prompt=[], uniforms=None, tokens=ids, starts=[0, 6, 12], logprobs=[-1.0, -2.0, -3.0])
-    out = eng._cut(st, CodeStep(), "".join(lines))
+    out = cut_rounds(eng, st, CodeStep(), "".join(lines))
     assert (out.text, out.logprob, out.num_tokens, out.complete) == ("if x:\n    y\n", -3.0, 14, True)
     assert out.token_ids == tuple(ids[:12])

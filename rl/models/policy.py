@@ -1,8 +1,8 @@
 """The policy: a causal LM that proposes reasoning steps and completes solutions.
 
-Batched by construction: every call takes a list of prefixes. This is the backend
-interface that search code sees (generate steps, load weights with a version); a
-faster engine or a vLLM backend implements the same methods.
+Batched by construction: every call takes a list of prefixes. It satisfies the backend interface
+that search code sees (`GenerationBackend` in rl/models/backend.py: generate steps, load weights with
+a version); the engine (rl/models/engine/) or a vLLM backend implements the same methods.
 """
 from __future__ import annotations
 
@@ -14,22 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rl.models.backend import StepSample
 from rl.models.device import pick_device
 from rl.models.weights import Weights, load_numpy, to_numpy
 
 if TYPE_CHECKING:
     from rl.tasks.termination import Termination
-
-
-@dataclass
-class StepSample:
-    text: str          # generated text, including the newline (or other step end) that ended it, if any
-    num_tokens: int    # generated tokens (all of them, also a line cut off the step: see cut_step)
-    logprob: float     # sum of the token log-probabilities of text under the sampling distribution
-    finished: bool     # ended by a stop token (newline or EOS) or the termination, rather than by max tokens
-    # With a termination: True when it ended the step (not EOS, not max tokens). None when the backend was
-    # given no termination; the step's text then says it (a newline step ends with "\n").
-    complete: bool | None = None
 
 
 @dataclass

@@ -10,8 +10,8 @@ from rl.search.tree import Tree
 from rl.tasks.base import Problem, Task
 from rl.tasks.termination import NewlineStep
 
-if TYPE_CHECKING:  # rl.models.policy imports torch; search code only reads the dataclass
-    from rl.models.policy import StepSample
+if TYPE_CHECKING:  # rl/models/__init__.py imports torch; search code only reads these types
+    from rl.models.backend import Critic, GenerationBackend, StepSample
 
 
 @dataclass
@@ -27,13 +27,13 @@ class Models:
     A search that needs a critic it was not given falls back to `value` (documented per method).
     reward is the verifier (labels available) or None (critic only).
     """
-    policy: object                                   # rl.models.Policy interface: sample_steps, complete
-    value: object | None = None
+    policy: GenerationBackend                        # a search calls sample_steps and complete
+    value: Critic | None = None
     reward: Callable[[Problem, str], float] | None = None
-    prm: object | None = None
-    orm: object | None = None
-    q: object | None = None
-    rollout_policy: object | None = None             # a (smaller) policy for fast rollouts; None = policy
+    prm: Critic | None = None
+    orm: Critic | None = None
+    q: Critic | None = None
+    rollout_policy: GenerationBackend | None = None  # a (smaller) policy for fast rollouts; None = policy
 
 
 @dataclass(frozen=True)
@@ -81,15 +81,15 @@ def check_fields(search, checks: list[tuple[str, bool, str]]) -> None:
             raise ValueError(f"{type(search).__name__}.{name} = {getattr(search, name)!r}: {rule}")
 
 
-def finish_greedily(tree: Tree, node: int, policy, spent: Spent, *, max_new_tokens: int) -> str:
+def finish_greedily(tree: Tree, node: int, policy: GenerationBackend, spent: Spent, *, max_new_tokens: int) -> str:
     """Greedy completion of a path that stops short of an answer; its tokens are added to spent."""
     done = policy.complete([tree.state(node)], temperature=0.0, max_new_tokens=max_new_tokens)[0]
     spent.generated_tokens += done.num_tokens
     return done.text
 
 
-def sample_steps(policy, task: Task, prefixes: list[str], n: int, *, temperature: float, max_new_tokens: int,
-                 seed: int) -> list[list[StepSample]]:
+def sample_steps(policy: GenerationBackend, task: Task, prefixes: list[str], n: int, *, temperature: float,
+                 max_new_tokens: int, seed: int) -> list[list[StepSample]]:
     """policy.sample_steps with steps ended by the task's termination function (AlphaLLM §4.2 options).
 
     A newline termination is not passed: it is every backend's default, so backends and fakes that know only
