@@ -5,11 +5,11 @@ import numpy as np
 import ray
 
 from actors.placement import RolloutPlacement
-from actors.runtime import runtime_env, threads_for
 from rl.config import Config, ImaginationConfig, RFTConfig
 from rl.models.weights import split_models
 from rl.rft import RFTSample
 from rl.rollout import EvalRecord, RolloutBatch, RolloutWorker
+from rl.runtime import runtime_env, threads_for
 from rl.tasks import build_task
 from rl.tasks.base import Problem
 
@@ -38,7 +38,7 @@ class RolloutShell(RolloutWorker):
 
     # ---- the collective weight transport (learner rank 0 sends, every actor receives) ------
     def join_broadcast(self, addr, rank: int) -> int:
-        from learners.broadcast import CollectiveReceiver
+        from rl.transport import CollectiveReceiver
         self.receiver = CollectiveReceiver()
         return self.receiver.join(addr, rank)
 

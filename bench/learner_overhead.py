@@ -125,7 +125,7 @@ def _worker(rank: int, world: int, port: int, stage: int, model_dir: str, args: 
 
 
 def _free_port() -> int:
-    from learners.dist import bind_free_port
+    from rl.transport import bind_free_port
     s = bind_free_port()
     port = s.getsockname()[1]
     s.close()

@@ -53,12 +53,12 @@ from ray.util import remove_placement_group  # noqa: E402
 
 from actors.rollout import RolloutPool  # noqa: E402
 from bench.provenance import provenance  # noqa: E402
-from actors.runtime import threads_for  # noqa: E402
 from launch.controller import BOOTSTRAP_SEED_OFFSET, Controller  # noqa: E402
 from learners.group import LearnerGroup  # noqa: E402
 from learners.learner import Learner  # noqa: E402
 from rl.config import Config, load_config  # noqa: E402
 from rl.models.embedded import build_embedded_model  # noqa: E402
+from rl.runtime import threads_for  # noqa: E402
 from rl.tasks import TASKS  # noqa: E402
 
 RAY_CPUS = 2               # the whole machine, as every part of a training run sees it

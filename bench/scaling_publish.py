@@ -7,7 +7,7 @@ Not a test: it measures. Usage:
 
 For each size a sender actor builds float32 weights shaped like a transformer's (an embedding, then per
 layer four [d, d] attention matrices, [d, 4d] and [4d, d] MLP matrices and two [d] norms) and two
-receiver actors join its broadcast group (learners/broadcast.py). One round of each transport is
+receiver actors join its broadcast group (rl/transport.py). One round of each transport is
 timed from the driver, from the first call to the last reply:
   object_store       sender ray.put's {version, weights}; both receivers ray.get it (numpy arrays that
                      are zero-copy, read-only views of the node's shared memory)
@@ -46,12 +46,12 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.runtime import runtime_env  # noqa: E402
 from bench.provenance import provenance  # noqa: E402
-from learners.broadcast import (BUCKET_MB, CollectiveReceiver, CollectiveSender,  # noqa: E402
-                                ObjectStoreTransport, broadcast_async, flatten, plan_buckets, unflatten,
-                                weights_spec)
+from learners.broadcast import ObjectStoreTransport  # noqa: E402
 from rl.models.weights import Weights  # noqa: E402
+from rl.runtime import runtime_env  # noqa: E402
+from rl.transport import (BUCKET_MB, CollectiveReceiver, CollectiveSender, broadcast_async,  # noqa: E402
+                          flatten, plan_buckets, unflatten, weights_spec)
 
 # (d_model, layers, vocab): 12 d^2 + 2 d per layer, plus a [vocab, d] embedding
 SIZES = {"10m": (512, 3, 1024),       # 9.96M parameters, 40 MB

@@ -1,25 +1,12 @@
-"""torch.distributed set-up for learner ranks: loopback-bound store, backend chosen by device."""
+"""torch.distributed set-up for learner ranks: loopback-bound store, backend chosen by device (rl/transport.py)."""
 from __future__ import annotations
 
 import os
 import socket
 
-import torch
 import torch.distributed as dist
 
-
-def backend() -> str:
-    """nccl with CUDA, gloo on CPU."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def bind_free_port(host: str = "127.0.0.1") -> socket.socket:
-    """A listening socket on a free port of host; its fd is handed to the TCPStore so it never binds 0.0.0.0."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, 0))
-    s.listen(128)
-    return s
+from rl.transport import backend
 
 
 def init_group(rank: int, world_size: int, master_addr: str, master_port: int,

@@ -20,12 +20,11 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.runtime import runtime_env, threads_for
-from learners.broadcast import CollectiveSender, GroupAddress
-from learners.dist import bind_free_port
 from learners.learner import Learner
-from rl.models.weights import join_models
 from rl.config import Config
+from rl.models.weights import join_models
+from rl.runtime import runtime_env, threads_for
+from rl.transport import CollectiveSender, GroupAddress, bind_free_port
 
 READY_TIMEOUT_S = 120
 

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import torch.distributed as dist
 
-from learners.dist import bind_free_port, init_group
+from learners.dist import init_group
 from learners.critic_round import train_critics
 from rl.config import LabelsConfig, LearnerConfig
 from rl.labels import QTransitions, fqi_targets, step_preference_pairs
@@ -28,6 +28,7 @@ from rl.models.critic import (folder_kind, last_token_logits, load_generative_mo
                               verifier_logprobs)
 from rl.models.device import pick_device
 from rl.models.weights import Weights, to_numpy
+from rl.transport import bind_free_port
 
 
 def micro_batch(cfg: LearnerConfig, world_size: int) -> int:

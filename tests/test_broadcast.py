@@ -1,4 +1,4 @@
-"""Weight transports (learners/broadcast.py): bucketing, and one sender to two receivers through Ray."""
+"""Weight transports (rl/transport.py, learners/broadcast.py): bucketing, and one sender to two receivers through Ray."""
 from __future__ import annotations
 
 import sys
@@ -9,9 +9,10 @@ import pytest
 
 from concurrent.futures import ThreadPoolExecutor
 
-from learners.broadcast import (CollectiveReceiver, CollectiveSender, ObjectStoreTransport, contiguous_view,
-                                flatten, plan_buckets, unflatten, weights_spec)
+from learners.broadcast import ObjectStoreTransport
 from rl.models.weights import Weights
+from rl.transport import (CollectiveReceiver, CollectiveSender, contiguous_view, flatten, plan_buckets, unflatten,
+                          weights_spec)
 
 NUM_CPUS = 0.2  # three small actors share the 2-core test machine
 BUCKET_MB = 1.0  # small, so the ~9 MB below spans many buckets and "w_up" (2 MB) exceeds one
@@ -212,7 +213,7 @@ def hosts():
     import ray
     from ray import cloudpickle
 
-    from actors.runtime import runtime_env
+    from rl.runtime import runtime_env
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     started = not ray.is_initialized()
     if started:

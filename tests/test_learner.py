@@ -106,8 +106,8 @@ def test_publish_bumps_version_and_weights_match_the_engine(learner, tmp_path):
 
 
 def test_zero2_weights_are_views_of_one_flat_buffer(learner):
-    """What lets the collective transport send the learner's buckets without packing (learners/broadcast.py)."""
-    from learners.broadcast import contiguous_view, plan_buckets, weights_spec
+    """What lets the collective transport send the learner's buckets without packing (rl/transport.py)."""
+    from rl.transport import contiguous_view, plan_buckets, weights_spec
     for model, w in learner.weights().items():  # (the tied head is published once, as the embedding)
         [bucket] = plan_buckets(weights_spec(w), 2**30)
         assert contiguous_view(w, bucket) is not None, model

@@ -1,5 +1,7 @@
 """Per-actor runtime settings: one BLAS/OpenMP thread per CPU the actor holds.
 
+Plain functions (no Ray import): actors/ and learners/ pass runtime_env(...) to the Ray actors they make.
+
 Two busy processes with two torch threads each oversubscribe a 2-core machine
 and made generation ~50x slower; each actor gets threads matching its CPUs.
 """
