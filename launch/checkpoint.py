@@ -162,11 +162,24 @@ def load_loop_state(ckpt: Path) -> dict:
     return json.loads((ckpt / LOOP_STATE).read_text())
 
 
+# Run on every learner rank by LearnerGroup.call, for loop_state.json: learner.json (Learner.save) keeps the
+# version and the verified set but not Learner.rng, and a learner rebuilt from the seed on resume drew other
+# batches and value samples than the uninterrupted run (round 2's value_ece differed after a driver kill).
+def learner_rng_state(learner) -> dict:
+    """The learner's batch-order generator state (the same on every rank: same seed, same draws)."""
+    return learner.rng.bit_generator.state
+
+
+def set_learner_rng_state(learner, state: dict) -> None:
+    learner.rng.bit_generator.state = state
+
+
 # Config keys a resumed run may not change: the checkpoint's weights, optimizer state or critics were made for
 # them. A key matches a prefix when it equals it or continues it with a dot. Every other key is a safe change
 # (loop.rounds, wandb.*, loop.eval_size, search.* and so on): the resumed run uses the new value.
 BREAKING_PREFIXES = (
     "model.policy", "model.value", "model.embedded",  # the architecture and base weights behind the checkpoint
+    "model.rollout_policy", "model.rollout_embedded",
     "task",                                           # what the policy, critics and replay buffer learned
     "learner.critics", "learner.critic_model",        # which critic folders exist and what kind they are
     "learner.zero_stage", "learner.num_ranks",        # DeepSpeed's optimizer state is partitioned by these

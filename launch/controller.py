@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,19 @@ REPLAY_FILE = "replay.jsonl"
 
 
 ADDRESS_TIMEOUT_S = 10.0  # how long --address may take to answer before the run stops
+
+# tests/fault's driver-kill tests only: ARBOR_KILL_AT=PHASE:ROUND makes the driver SIGKILL itself there.
+KILL_AT_ENV = "ARBOR_KILL_AT"
+
+
+def kill_point(phase: str, round_: int) -> None:
+    """SIGKILL this process if ARBOR_KILL_AT is f"{phase}:{round_}"; a no-op when it is unset. The points:
+    search (the round's first chunk of records has reached the replay actor, the rest is being searched),
+    critics and policy (as that training starts), publish (trees written and logged, weights not pushed),
+    checkpoint (the learner's and the replay's files are in the .partial folder, not committed), committed
+    (the checkpoint renamed into place, summary.json and the round's W&B step not yet written)."""
+    if os.environ.get(KILL_AT_ENV) == f"{phase}:{round_}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def probe_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
@@ -170,6 +184,8 @@ class Controller:
             loaded = self.learner.call(Learner.load, str(self.resume_from))
             if loaded != self.version:
                 raise RuntimeError(f"{self.resume_from}: learner version {loaded} != loop state {self.version}")
+            if "learner_rng" in state:  # checkpoints before it: the learner's draws restart from the seed
+                self.learner.call(ckpt.set_learner_rng_state, state["learner_rng"])
             self.pool.load_weights(self.version, ray.put(self.learner.call(Learner.weights)))
         self.tracker = Tracker(self.run_dir, to_dict(c), mode=c.wandb.mode, project=c.wandb.project,
                                entity=c.wandb.entity, backend=c.tracking.backend)
@@ -212,6 +228,7 @@ class Controller:
         metrics["tokens/generated"] = int(metrics.get("tokens/generated", 0))
         before = self.summary[-1].get("tokens_cumulative", 0) if self.summary else 0
         metrics["tokens/cumulative"] = int(before) + metrics["tokens/generated"]
+        kill_point("publish", r)
         t_push = time.perf_counter()
         version = self.learner.publish(self.pool)
         self.version = version
@@ -235,6 +252,7 @@ class Controller:
         metrics["time/round"] = row["seconds"]
         metrics.update(round_perf(metrics, self.cfg.learner.batch_size))
         self._checkpoint(r)
+        kill_point("committed", r)
         write_summary(self.run_dir, self.summary)
         self.tracker.log(metrics, step=r)
         if self.console:
@@ -274,7 +292,11 @@ class Controller:
             problems = problems + kept
         t0 = time.perf_counter()
         bar = tqdm(total=len(problems), desc=f"round {r} search", leave=False, disable=not self.console, position=1)
-        batches = self.pool.search(problems, progress=bar.update, export_trees=1 if self.cfg.loop.log_trees else 0,
+
+        def progress(n: int) -> None:
+            bar.update(n)
+            kill_point("search", r)
+        batches = self.pool.search(problems, progress=progress, export_trees=1 if self.cfg.loop.log_trees else 0,
                                    replay=self.replay)
         bar.close()
         return {"problems": problems, "batches": batches, "started_at": t0, "done_at": time.perf_counter(),
@@ -329,11 +351,13 @@ class Controller:
         value_ref = None if stale == 0 else self.replay.records.remote(stale, self.version)
         max_staleness = c.loop.max_staleness if c.loop.mode == "async" else None
         examples = [e for b in batches for e in b.examples]
+        kill_point("critics", r)
         metrics.update(self.learner.call(Learner.train_critics, value_ref, nodes_ref, examples, c.labels,
                                          max_staleness))
         trajs = [t for b in batches for t in b.trajectories
                  if max_staleness is None or self.version - t.policy_version <= max_staleness]
         metrics["async/dropped_trajectories"] = sum(len(b.trajectories) for b in batches) - len(trajs)
+        kill_point("policy", r)
         metrics.update(self.learner.call(Learner.train_policy, [t.prompt for t in trajs], [t.solution for t in trajs]))
         if c.learner.dpo:
             metrics.update(self.learner.call(Learner.train_policy_dpo, nodes_ref, min_gap=c.labels.dpo_min_gap,
@@ -432,4 +456,5 @@ class Controller:
             ray.get(self.replay.save.remote(str(staging / REPLAY_FILE)))
         except Exception as e:  # a full disk in a learner or the replay actor: no partial folder stays behind
             raise ckpt.failed_write(staging, e, ckpt.latest_checkpoint(self.run_dir)) from e
-        return ckpt.commit(staging, self.state_dict())
+        kill_point("checkpoint", r)
+        return ckpt.commit(staging, {**self.state_dict(), "learner_rng": self.learner.call(ckpt.learner_rng_state)})
