@@ -19,7 +19,7 @@ from launch import checkpoint as ckpt
 
 from . import conftest as fault
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~25 s per `arbor train` process here (imports, Ray, DeepSpeed)
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~33 s per `arbor train` process here (imports, Ray, DeepSpeed): 165 s
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 2  # a kill in round 2 resumes from round 1's checkpoint: replay records, verified set, optimizer steps
