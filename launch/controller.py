@@ -202,6 +202,8 @@ class Controller:
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> list[dict]:
         self.setup()
+        if self.resume_from is not None:  # a driver killed after the last commit left summary.json a round behind
+            write_summary(self.run_dir, self.summary)
         try:
             rounds = tqdm(range(self.round + (self.resume_from is not None), self.cfg.loop.rounds + 1),
                           desc="rounds", disable=not self.console, position=0)
