@@ -58,7 +58,7 @@ class RolloutPool:
     """N rollout actors, each in its own placement group; problems are handed out in chunks from a
     queue, so a fast actor takes more."""
 
-    def __init__(self, cfg: Config, policy_path: str, value_path: str):
+    def __init__(self, cfg: Config, policy_path: str, value_path: str, rollout_path: str | None = None):
         task = build_task(cfg.task)
         r = cfg.rollout
         self.chunk_size = r.chunk_size
@@ -76,7 +76,7 @@ class RolloutPool:
             .remote(task, cfg.search, policy_path, value_path, device=device, critic_device=critic_device,
                     seed=cfg.seed, stream=i, num_threads=threads_for(r.num_cpus), backend=cfg.model.backend,
                     critics=tuple(cfg.learner.critics), labels=cfg.labels, threads=r.search_threads,
-                    critic_model=cfg.learner.critic_model)
+                    critic_model=cfg.learner.critic_model, rollout_policy_path=rollout_path)
             for i in range(r.num_actors)]
 
     def _map(self, problems: list[Problem], call, progress=None) -> list:

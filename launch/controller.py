@@ -163,11 +163,16 @@ class Controller:
             state = ckpt.load_loop_state(self.resume_from)
             self.load_state_dict(state)
             policy_path, value_path = str(self.resume_from / "policy"), str(self.resume_from / "value")
+            rollout_path = str(self.resume_from / "rollout_policy") if c.model.rollout_policy else None
         else:
             policy_path = c.model.policy
             if policy_path == "embedded":
                 policy_path = str(build_embedded_model(c.model.embedded, self.run_dir / "base", seed=c.seed))
             value_path = c.model.value or policy_path
+            rollout_path = c.model.rollout_policy
+            if rollout_path == "embedded":  # the same character tokenizer as the embedded policy, a smaller model
+                rollout_path = str(build_embedded_model(c.model.rollout_embedded, self.run_dir / "base_rollout",
+                                                        seed=c.seed + 1))
         if not ray.is_initialized():
             if not self.address:  # a local instance: keep every Ray process on loopback
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -178,8 +183,8 @@ class Controller:
                                          backpressure=c.replay.backpressure)
         if self.resume_from is not None:
             ray.get(self.replay.load.remote(str(self.resume_from / REPLAY_FILE)))
-        self.learner = LearnerGroup(c, policy_path, value_path)
-        self.pool = RolloutPool(c, policy_path, value_path)
+        self.learner = LearnerGroup(c, policy_path, value_path, rollout_path)
+        self.pool = RolloutPool(c, policy_path, value_path, rollout_path)
         if self.resume_from is not None:
             loaded = self.learner.call(Learner.load, str(self.resume_from))
             if loaded != self.version:

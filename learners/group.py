@@ -44,10 +44,11 @@ class LearnerRank:
         return self._sock.getsockname()[:2]
 
     def start(self, cfg: Config, policy_path: str, value_path: str, world_size: int,
-              master: tuple[str, int]) -> int:
+              master: tuple[str, int], rollout_path: str | None = None) -> int:
         lc = cfg.learner
         self.learner = Learner(lc, policy_path, value_path, seed=cfg.seed, num_threads=threads_for(lc.num_cpus),
-                               rank=self.rank, world_size=world_size, master=master, listen_socket=self._sock)
+                               rank=self.rank, world_size=world_size, master=master, listen_socket=self._sock,
+                               rollout_path=rollout_path)
         return self.rank
 
     def run(self, method: Callable, *args, **kwargs) -> Any:
@@ -84,7 +85,7 @@ class LearnerRank:
 
 
 class LearnerGroup:
-    def __init__(self, cfg: Config, policy_path: str, value_path: str):
+    def __init__(self, cfg: Config, policy_path: str, value_path: str, rollout_path: str | None = None):
         lc = cfg.learner
         if lc.num_ranks < 1:
             raise ValueError(f"learner.num_ranks = {lc.num_ranks}: need at least 1")
@@ -103,7 +104,7 @@ class LearnerGroup:
             .remote(r) for r in range(lc.num_ranks)]
         self.transport, self.bucket_mb, self.broadcast_open = lc.weight_transport, lc.bucket_mb, False
         master = ray.get(self.ranks[0].address.remote())
-        ray.get([a.start.remote(cfg, policy_path, value_path, lc.num_ranks, master) for a in self.ranks])
+        ray.get([a.start.remote(cfg, policy_path, value_path, lc.num_ranks, master, rollout_path) for a in self.ranks])
 
     def submit(self, method: Callable, *args, **kwargs) -> list[ray.ObjectRef]:
         """Start method on every rank; one ref per rank (rank 0 first)."""

@@ -67,7 +67,7 @@ class Learner:
 
     def __init__(self, cfg: LearnerConfig, policy_path: str, value_path: str, *, seed: int = 0,
                  num_threads: int | None = None, rank: int = 0, world_size: int = 1,
-                 master: tuple[str, int] | None = None, listen_socket=None):
+                 master: tuple[str, int] | None = None, listen_socket=None, rollout_path: str | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         if cfg.zero_stage not in (0, 1, 2, 3):
@@ -89,6 +89,10 @@ class Learner:
         self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
         self.tokenizer.padding_side = "right"
         self.policy = self._engine(AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32), cfg.policy_lr)
+        # the fast-rollout policy (model.rollout_policy): a smaller LM trained on the policy's SFT data
+        self.rollout = (None if rollout_path is None else
+                        self._engine(AutoModelForCausalLM.from_pretrained(rollout_path, dtype=torch.float32),
+                                     cfg.policy_lr))
         # verified solutions (prompt + steps) of the training problems so far: what generative critics learn
         self.verified: dict[str, None] = {}
         # the critics: V always, then learner.critics (learner.critic_model: generative LMs or scalar heads)
@@ -160,18 +164,27 @@ class Learner:
 
     def train_policy(self, prompts: list[str], completions: list[str], *, epochs: int | None = None,
                      steps: int | None = None, lr: float | None = None) -> dict:
-        """SFT on (prompt, completion) pairs; the loss covers the completion and its EOS."""
+        """SFT on (prompt, completion) pairs; the loss covers the completion and its EOS. The fast-rollout
+        policy, when there is one, learns the same pairs the same way (learner/rollout_policy_loss)."""
         t0 = time.perf_counter()
         if not prompts:
             return {"learner/policy_steps": 0}
-        losses = self._fit(
-            self.policy, len(prompts),
-            lambda idx: sft_batch(self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], self.cfg.max_seq_len),
-            lambda eng, b: sft_loss(eng(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]),
-            epochs=self.cfg.policy_epochs if epochs is None else epochs, steps=steps, lr=lr)
-        return {"learner/policy_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
-                "learner/policy_loss_first": losses[0], "learner/policy_steps": len(losses),
-                "learner/policy_examples": len(prompts), "time/policy_train": time.perf_counter() - t0}
+        fit = dict(epochs=self.cfg.policy_epochs if epochs is None else epochs, steps=steps, lr=lr)
+        make_batch = lambda idx: sft_batch(self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx],  # noqa: E731
+                                           self.cfg.max_seq_len)
+        loss_fn = lambda eng, b: sft_loss(eng(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,  # noqa: E731
+                                          b["labels"])
+        losses = self._fit(self.policy, len(prompts), make_batch, loss_fn, **fit)
+        out = {"learner/policy_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
+               "learner/policy_loss_first": losses[0], "learner/policy_steps": len(losses),
+               "learner/policy_examples": len(prompts), "time/policy_train": time.perf_counter() - t0}
+        if self.rollout is not None:
+            t1 = time.perf_counter()
+            r_losses = self._fit(self.rollout, len(prompts), make_batch, loss_fn, **fit)
+            out.update({"learner/rollout_policy_loss": float(np.mean(r_losses[-max(1, len(r_losses) // 4):])),
+                        "learner/rollout_policy_loss_first": r_losses[0],
+                        "time/rollout_policy_train": time.perf_counter() - t1})
+        return out
 
     def train_policy_dpo(self, nodes: list, *, min_gap: float, beta: float, epochs: int = 1) -> dict:
         """Step-level DPO on sibling steps of this round's trees with clearly different values.
@@ -370,7 +383,8 @@ class Learner:
                 if hasattr(p, "ds_numel")]
 
     def _models(self):
-        return [("policy", self.policy), *self.critics.items()]
+        return [("policy", self.policy), *self.critics.items(),
+                *([("rollout_policy", self.rollout)] if self.rollout is not None else [])]
 
     def _weights(self, engine) -> Weights:
         if self.cfg.zero_stage == 3:  # parameters are partitioned: gather them first

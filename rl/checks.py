@@ -48,6 +48,11 @@ def check_inputs(cfg: Config, task: Task, policy_dir: str | Path | None = None) 
         tok, context = check_model_folder(policy, "model.policy")
     if cfg.model.value and policy_dir is None:
         check_model_folder(cfg.model.value, "model.value")
+    if cfg.model.rollout_policy not in (None, "embedded") and policy_dir is None:
+        rollout_tok, _ = check_model_folder(cfg.model.rollout_policy, "model.rollout_policy")
+        if rollout_tok.get_vocab() != tok.get_vocab():  # its ids would be read with the policy's tokenizer
+            raise ConfigError(f"model.rollout_policy = {cfg.model.rollout_policy!r}: its tokenizer differs from "
+                              f"the policy's (the fast-rollout policy must share the policy's vocabulary)")
 
     def prompt_tokens(p) -> int:
         return len(tok(task.prompt(p), add_special_tokens=False)["input_ids"])

@@ -133,6 +133,13 @@ class ModelConfig:
     embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
     device: str = "auto"           # auto picks cuda when present, else cpu
     backend: Literal["hf", "engine"] = "hf"  # rollout generation: transformers generate, or rl.models.engine.Engine
+    # ηMCTS's fast rollouts (search.rollouts > 0 with search.beta_orm > 0) come from this smaller policy
+    # (AlphaLLM §4.3): null = the policy itself; 'embedded' = a tiny Llama of model.rollout_embedded's shape;
+    # or a HF folder (same tokenizer as the policy). It is bootstrapped and fine-tuned on the policy's SFT data
+    # every round, and pushed with the other weights
+    rollout_policy: str | None = None
+    rollout_embedded: EmbeddedModelConfig = field(default_factory=lambda: EmbeddedModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=96))
 
 
 @dataclass

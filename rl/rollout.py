@@ -81,7 +81,8 @@ class RolloutWorker:
                  device: str = "auto", seed: int = 0, num_threads: int | None = None, backend: str = "hf",
                  critics: tuple[str, ...] | list[str] = (), labels: LabelsConfig | None = None,
                  critic_device: str | None = None, critic_paths: dict[str, str] | None = None,
-                 threads: int = 1, critic_model: str = "generative", stream: int = 0):
+                 threads: int = 1, critic_model: str = "generative", stream: int = 0,
+                 rollout_policy_path: str | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.task = task
@@ -95,6 +96,9 @@ class RolloutWorker:
                              "transformers backend neither batches across threads nor is safe to share)")
         self.threads = threads
         self.policy = backends[backend].from_pretrained(policy_path, device=device)
+        # ηMCTS's fast rollouts come from this smaller policy when model.rollout_policy is set (else the policy)
+        self.rollout_policy = (None if rollout_policy_path is None
+                               else backends[backend].from_pretrained(rollout_policy_path, device=device))
         paths = {"value": value_path, **(critic_paths or {})}
         # a critic that starts from the policy folder is what learner.critic_model says (V, PRM and ORM
         # generative verifiers or scalar heads; Q always a head); a critic's own folder says what it is
@@ -128,7 +132,7 @@ class RolloutWorker:
     def models(self, reward=None) -> Models:
         c = {**self.critics, **self.rule_critics()}
         return Models(policy=self.policy, value=c["value"], reward=reward, prm=c.get("prm"), orm=c.get("orm"),
-                      q=c.get("q"))
+                      q=c.get("q"), rollout_policy=self.rollout_policy)
 
     # ---- searching -------------------------------------------------------------------
     def search(self, problems: list[Problem], *, use_reward: bool = True, export_trees: int = 0) -> RolloutBatch:
@@ -334,11 +338,13 @@ class RolloutWorker:
     # ---- weights ---------------------------------------------------------------------
     def load_weights(self, version: int, weights: dict[str, Weights]) -> int:
         """Swap in published weights (between searches); return the version now in use."""
-        missing = {"policy", *self.critics} - set(weights)
+        missing = {"policy", *self.critics, *(["rollout_policy"] if self.rollout_policy else [])} - set(weights)
         if missing:
             raise ValueError(f"published weights (version {version}) lack {sorted(missing)}; "
                              f"they hold {sorted(weights)}")
         self.policy.load_weights(version, weights["policy"])
+        if self.rollout_policy is not None:
+            self.rollout_policy.load_weights(version, weights["rollout_policy"])
         for name, critic in self.critics.items():
             critic.load_weights(version, weights[name])
         return self.version()
@@ -348,4 +354,5 @@ class RolloutWorker:
 
     def weights(self) -> dict[str, Weights]:
         """The weights in use (lets a test check that a push arrived intact)."""
-        return {"policy": self.policy.weights(), **{n: c.weights() for n, c in self.critics.items()}}
+        return {"policy": self.policy.weights(), **{n: c.weights() for n, c in self.critics.items()},
+                **({"rollout_policy": self.rollout_policy.weights()} if self.rollout_policy is not None else {})}

@@ -17,6 +17,8 @@ TINY = ["model.embedded.hidden_size=32", "model.embedded.num_layers=2", "model.e
         "search.simulations=3", "search.branching=2", "search.step_max_tokens=8",
         "rollout.num_actors=2", "rollout.num_cpus=0.5", "rollout.chunk_size=2", "learner.num_cpus=1.0",
         "learner.batch_size=4", "wandb.mode=offline"]
+# the main run also uses ηMCTS's fast rollouts from a smaller policy (AlphaLLM §4.3), bootstrapped and trained
+FAST_ROLLOUTS = ["model.rollout_policy=embedded", "search.rollouts=1", "search.beta_orm=0.5"]
 
 
 def arbor(*args, cwd=ROOT):
@@ -28,7 +30,7 @@ def arbor(*args, cwd=ROOT):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "r"
-    out = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=1", *TINY)
+    out = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=1", *TINY, *FAST_ROLLOUTS)
     assert out.returncode == 0, out.stderr[-3000:]
     return run
 
@@ -58,6 +60,10 @@ def test_one_round_writes_summary_checkpoints_and_versions(run_dir):
     from rl.experience import ReplayBuffer
     replay = ReplayBuffer.load(run_dir / "checkpoints" / "round_0001" / "replay.jsonl")
     assert len(replay) > 0 and {r.policy_version for r in replay} == {1}   # searched with the bootstrap weights
+    # the fast-rollout policy: its own (smaller) model in every checkpoint, trained with the policy
+    for rnd in (0, 1):
+        conf = json.loads((run_dir / "checkpoints" / f"round_{rnd:04d}" / "rollout_policy" / "config.json").read_text())
+        assert conf["num_hidden_layers"] == 1 and conf["hidden_size"] == 32
     pages = list((run_dir / "trees" / "round_0001").glob("*.html"))
     assert pages and "<details" in pages[0].read_text()            # search trees to look at
 
@@ -69,7 +75,7 @@ def test_wandb_offline_run_holds_the_round_metrics(run_dir):
     assert out.returncode == 0, out.stderr
     for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac", "search/tree_0",
                 "search/distinct_children", "search/merged_samples", "search/unique_answers", "search/pass_any",
-                "perf/host_rss_mb", "perf/tokens_per_s", "perf/learner_samples_per_s"):
+                "perf/host_rss_mb", "perf/tokens_per_s", "bootstrap/rollout_policy_loss"):  # the small policy bootstrapped
         assert key in out.stdout
 
 
@@ -101,9 +107,10 @@ def test_eval_cli_on_fresh_data(run_dir, tmp_path):
 def test_resume_continues_from_the_newest_checkpoint(run_dir, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
-    refused = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=2", "--resume", "none", *TINY)
+    refused = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=2", "--resume", "none", *TINY,
+                    *FAST_ROLLOUTS)
     assert refused.returncode == 2 and "already holds checkpoints" in refused.stderr
-    out = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=2", *TINY)
+    out = arbor("train", "configs/arithmetic.yaml", f"run_dir={run}", "loop.rounds=2", *TINY, *FAST_ROLLOUTS)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((run / "summary.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -112,6 +119,7 @@ def test_resume_continues_from_the_newest_checkpoint(run_dir, tmp_path):
     after = ReplayBuffer.load(run / "checkpoints" / "round_0002" / "replay.jsonl")
     assert {r.id for r in before} <= {r.id for r in after}                # the buffer carried over the resume
     assert rows[2]["policy_version"] == 3                        # versions continue, not restart
+    assert (run / "checkpoints" / "round_0002" / "rollout_policy" / "model.safetensors").is_file()
 
 
 def test_gsm8k_run_with_rewriting_logs_the_imagination_counts(tmp_path):

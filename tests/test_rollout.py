@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rl.config import SearchConfig
+from rl.config import EmbeddedModelConfig, SearchConfig
 from rl.rollout import RolloutWorker
 from rl.tasks import ArithmeticTask
 from tests.conftest import EASY
@@ -140,3 +140,50 @@ def test_several_distinct_verified_trajectories_per_prompt(tiny_model_dir):
         assert 1 <= len(mine) <= 3 and len({" ".join(t.solution.split()) for t in mine}) == len(mine)
         assert mine[0] == next(t for t in one.trajectories if t.problem_id == p.id)  # the best comes first
     assert len({t.id for t in many.trajectories}) == len(many.trajectories)
+
+
+class _Recording:
+    """Delegates to a real policy and records the states it was asked to complete."""
+
+    def __init__(self, inner):
+        self.inner, self.completed = inner, []
+
+    def complete(self, prefixes, **kw):
+        self.completed += list(prefixes)
+        return self.inner.complete(prefixes, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("backend", ["hf", "engine"])
+def test_fast_rollouts_come_from_the_rollout_policy(tiny_model_dir, tmp_path, backend):
+    from rl.models.embedded import build_embedded_model
+    small = build_embedded_model(EmbeddedModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+                                 tmp_path / "small", seed=3)
+    task = ArithmeticTask(EASY)
+    cfg = SearchConfig(method="mcts", simulations=3, branching=2, step_max_tokens=8, max_depth=4, temperature=1.0,
+                       rollouts=2, beta_orm=0.5)
+    worker = RolloutWorker(task, cfg, str(tiny_model_dir), str(tiny_model_dir), seed=0, backend=backend,
+                           rollout_policy_path=str(small))
+    assert worker.models().rollout_policy is worker.rollout_policy
+    size = lambda w: sum(v.size for v in w.values())  # noqa: E731
+    assert size(worker.rollout_policy.weights()) < size(worker.policy.weights()) / 2   # the small model, loaded
+    worker.rollout_policy = _Recording(worker.rollout_policy)
+    worker.policy = _Recording(worker.policy)
+    problems = task.generate(2, 0, "train")
+    worker.search(problems)
+    rollout_states = worker.rollout_policy.completed
+    assert rollout_states and all(s.startswith(tuple(task.prompt(p) for p in problems)) for s in rollout_states)
+    # 2 rollouts per evaluated leaf, each from the small model; the policy proposes the steps (sample_steps)
+    # and completes only the greedy V labels (one per prompt) and at most one unfinished chosen path per search
+    assert len(rollout_states) % 2 == 0 and len(rollout_states) >= 2 * len(problems)
+    assert len(worker.policy.completed) <= 2 * len(problems)
+    # a push carries the rollout policy's weights: a version without them is refused, one with them lands
+    weights = {k: v for k, v in worker.weights().items() if k != "rollout_policy"}
+    with pytest.raises(ValueError, match="rollout_policy"):
+        worker.load_weights(5, weights)
+    assert worker.load_weights(5, worker.weights()) == 5 and worker.rollout_policy.version == 5
+    # without a rollout policy the main policy does the rollouts
+    plain = RolloutWorker(task, cfg, str(tiny_model_dir), str(tiny_model_dir), seed=0, backend=backend)
+    assert plain.models().rollout_policy is None and "rollout_policy" not in plain.weights()
