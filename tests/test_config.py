@@ -85,7 +85,7 @@ def test_generative_critic_is_the_shipped_default_and_bad_sft_count_is_named():
     assert cfg.search.resample == 1 and cfg.search.resample_temperature > cfg.search.temperature
     with pytest.raises(ConfigError, match=r"search.resample = -1"):
         load_config(REPO_CONFIG, ["search.resample=-1"])
-    assert cfg.search.stop_solved == 2
+    assert cfg.search.stop_solved == 2 and cfg.search.widen == 1
     with pytest.raises(ConfigError, match=r"search.stop_solved = -1"):
         load_config(REPO_CONFIG, ["search.stop_solved=-1"])
     with pytest.raises(ConfigError, match=r"labels.sft_per_prompt = 0"):
