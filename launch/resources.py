@@ -38,6 +38,8 @@ def round_perf(metrics: dict, batch_size: int) -> dict:
     out: dict = {"perf/host_rss_mb": host_rss_mb(), **gpu_used_mb()}
     if metrics.get("time/search", 0) > 0 and "tokens/generated" in metrics:
         out["perf/tokens_per_s"] = metrics["tokens/generated"] / metrics["time/search"]
+    if "search/simulations" in metrics and "perf/problems_per_s" in metrics:  # mean per problem x problems/s
+        out["perf/simulations_per_s"] = metrics["search/simulations"] * metrics["perf/problems_per_s"]
     if metrics.get("time/policy_train", 0) > 0 and "learner/policy_steps" in metrics:
         out["perf/learner_samples_per_s"] = metrics["learner/policy_steps"] * batch_size / metrics["time/policy_train"]
     return out

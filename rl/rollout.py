@@ -167,7 +167,7 @@ class RolloutWorker:
                                policy_version=self.policy.version, critic_version=self.value.version)
                     for j, i in enumerate(verified_terminals(res.tree, self.labels.sft_per_prompt)[1:], start=1)]
             out.records.append(self._record(p, res.answer, res.spent.generated_tokens, res.spent.seconds))
-            out.stats.append(tree_stats(res.tree, self.task, p))
+            out.stats.append(tree_stats(res.tree, self.task, p, simulations=res.spent.simulations))
             if len(out.trees) < export_trees:
                 out.trees.append({**res.tree.to_json(res.chosen), "problem_id": p.id, "answer": res.answer,
                                   "gold": p.answer})

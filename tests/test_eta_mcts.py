@@ -271,6 +271,7 @@ def test_training_search_stops_once_enough_terminals_are_verified():
     one, two = run(1, task.reward), run(2, task.reward)
     assert _solved(one.tree) == 1 and one.tree.visits[0] < two.tree.visits[0] < 12
     assert _solved(two.tree) == 2
+    assert full.spent.simulations == 12 and one.spent.simulations < two.spent.simulations < 12  # counted as run
     assert one.spent.generated_tokens <= full.spent.generated_tokens
     # evaluation has no reward: the setting never stops it
     assert run(1, None).tree.visits[0] == 12

@@ -75,7 +75,8 @@ def test_wandb_offline_run_holds_the_round_metrics(run_dir):
     assert out.returncode == 0, out.stderr
     for key in ("eval/greedy_acc", "eval/search_acc", "learner/value_loss", "rollout/solved_frac", "search/tree_0",
                 "search/distinct_children", "search/merged_samples", "search/unique_answers", "search/pass_any",
-                "perf/host_rss_mb", "perf/tokens_per_s", "bootstrap/rollout_policy_loss"):  # the small policy bootstrapped
+                "perf/host_rss_mb", "perf/tokens_per_s", "perf/simulations_per_s", "search/simulations",
+                "search/depth", "bootstrap/rollout_policy_loss"):  # the small policy bootstrapped
         assert key in out.stdout
 
 

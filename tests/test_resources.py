@@ -26,9 +26,10 @@ def test_host_memory_counts_child_processes():
 
 def test_round_perf_derives_throughput_from_the_round():
     m = round_perf({"time/search": 4.0, "tokens/generated": 1000, "time/policy_train": 2.0,
-                    "learner/policy_steps": 10}, batch_size=32)
+                    "learner/policy_steps": 10, "search/simulations": 24.0, "perf/problems_per_s": 2.0}, batch_size=32)
+    assert m["perf/simulations_per_s"] == pytest.approx(48.0)
     assert m["perf/tokens_per_s"] == pytest.approx(250.0)
     assert m["perf/learner_samples_per_s"] == pytest.approx(160.0)
     assert m["perf/host_rss_mb"] > 10
     bootstrap = round_perf({"tokens/generated": 0}, batch_size=32)   # no search phase: no token rate
-    assert "perf/tokens_per_s" not in bootstrap and "perf/learner_samples_per_s" not in bootstrap
+    assert not {"perf/tokens_per_s", "perf/learner_samples_per_s", "perf/simulations_per_s"} & set(bootstrap)

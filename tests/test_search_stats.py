@@ -23,9 +23,10 @@ def hand_tree() -> Tree:
 
 
 def test_tree_stats_counts_by_hand():
-    s = tree_stats(hand_tree(), ToyTask(), TOY_PROBLEM)
-    # expanded: root, a, b, b2; distinct children: root {a, b} 2, a 2, b 1, b2 1
-    assert s == SearchStats(expanded=4, children=6, sampled=7 + 2, merged=2, answers=2, solved=True, paths=3)
+    s = tree_stats(hand_tree(), ToyTask(), TOY_PROBLEM, simulations=5)
+    # expanded: root, a, b, b2; distinct children: root {a, b} 2, a 2, b 1, b2 1; deepest node: 2 steps
+    assert s == SearchStats(expanded=4, children=6, sampled=7 + 2, merged=2, answers=2, solved=True, paths=3,
+                            depth=2, simulations=5)
 
 
 def test_tree_stats_unsolved_and_answerless():
@@ -39,8 +40,8 @@ def test_tree_stats_unsolved_and_answerless():
 
 
 def test_diversity_metrics_pool_expansions_and_average_problems():
-    a = tree_stats(hand_tree(), ToyTask(), TOY_PROBLEM)
-    b = SearchStats(expanded=1, children=2, sampled=3, merged=1, answers=1, solved=False)
+    a = tree_stats(hand_tree(), ToyTask(), TOY_PROBLEM, simulations=5)
+    b = SearchStats(expanded=1, children=2, sampled=3, merged=1, answers=1, solved=False, depth=1, simulations=9)
     m = diversity_metrics([a, b])
     assert set(m) == {f"search/{k}" for k in DIVERSITY_KEYS}
     assert m["search/distinct_children"] == pytest.approx((6 + 2) / (4 + 1))
@@ -49,6 +50,8 @@ def test_diversity_metrics_pool_expansions_and_average_problems():
     assert m["search/unique_answers"] == pytest.approx(1.5)
     assert m["search/pass_any"] == pytest.approx(0.5)
     assert m["search/multi_path"] == pytest.approx(0.5)   # a holds more than one complete solution, b none
+    assert (m["search/nodes_expanded"], m["search/depth"], m["search/terminals"], m["search/simulations"]) == \
+        pytest.approx((2.5, 1.5, 1.5, 7.0))
     assert diversity_metrics([]) == {}
 
 
@@ -57,5 +60,5 @@ def test_mcts_merge_shows_in_the_stats():
     models = Models(policy=ScriptedPolicy({TOY_PROMPT: ["a\n", "a\n", "b\n"]}), value=TableCritic({}),
                     reward=task.reward)
     res = MCTS(simulations=1, branching=3)(TOY_PROBLEM, task, models, Budget(), np.random.default_rng(0))
-    s = tree_stats(res.tree, task, TOY_PROBLEM)
-    assert (s.expanded, s.children, s.merged, s.sampled) == (1, 2, 1, 3)
+    s = tree_stats(res.tree, task, TOY_PROBLEM, simulations=res.spent.simulations)
+    assert (s.expanded, s.children, s.merged, s.sampled, s.depth, s.simulations) == (1, 2, 1, 3, 1, 1)

@@ -141,6 +141,7 @@ class MCTS:
             if self.stop_solved and models.reward is not None \
                     and int((tree.reward[:tree.size] == 1.0).sum()) >= self.stop_solved:
                 break  # enough verified solutions to learn from: more simulations only spend tokens
+            spent.simulations += 1
             node = self._select(tree, task, models, spent, rng, budget)
             if tree.terminal[node] and self.widen and not np.isnan(tree.evaluation[node]):
                 node = self._widen(tree, node, task, models, spent, rng)  # a new candidate, or node again

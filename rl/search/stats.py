@@ -11,7 +11,8 @@ from rl.search.tree import Tree
 from rl.tasks.base import Problem, Task
 
 # the round's figures, logged as search/<key> and kept in summary.json as search_<key>
-DIVERSITY_KEYS = ("distinct_children", "merged_samples", "merged_frac", "unique_answers", "pass_any", "multi_path")
+DIVERSITY_KEYS = ("distinct_children", "merged_samples", "merged_frac", "unique_answers", "pass_any", "multi_path",
+                  "nodes_expanded", "depth", "terminals", "simulations")
 
 
 @dataclass
@@ -24,9 +25,11 @@ class SearchStats:
     answers: int            # distinct final answers among the complete solutions in the tree
     solved: bool            # some complete solution in the tree has the right answer
     paths: int = 0          # complete solutions (terminal nodes whose steps hold an answer)
+    depth: int = 0          # steps from the root to the deepest node
+    simulations: int = 0    # simulations the search ran (MCTS; 0 for methods without them)
 
 
-def tree_stats(tree: Tree, task: Task, problem: Problem) -> SearchStats:
+def tree_stats(tree: Tree, task: Task, problem: Problem, simulations: int = 0) -> SearchStats:
     """Diversity counts of one tree. A complete solution is a terminal node whose steps hold an answer
     (task.extract_answer is not None); a path that stopped without one (EOS, truncated, out of depth)
     counts for nothing, nor does the greedy finish of a chosen path that stops short (it is not in the tree)."""
@@ -41,7 +44,8 @@ def tree_stats(tree: Tree, task: Task, problem: Problem) -> SearchStats:
                 answers.add(a.strip())
                 paths += 1
     return SearchStats(expanded=len(parents), children=children, sampled=tree.size - 1 + merged, merged=merged,
-                       answers=len(answers), solved=any(task.is_correct(problem, a) for a in answers), paths=paths)
+                       answers=len(answers), solved=any(task.is_correct(problem, a) for a in answers), paths=paths,
+                       depth=int(tree.depth[:tree.size].max(initial=0)), simulations=simulations)
 
 
 def diversity_metrics(stats: list[SearchStats]) -> dict[str, float]:
@@ -54,6 +58,8 @@ def diversity_metrics(stats: list[SearchStats]) -> dict[str, float]:
         pass_any           problems with a right answer among the complete solutions the search reached
                            (pass@k of the policy's samples inside the search)
         multi_path         problems whose tree holds more than one complete solution
+        nodes_expanded     expanded nodes per tree (mean); depth: the deepest node's steps (mean)
+        terminals          complete solutions per tree (mean); simulations: simulations per search (mean)
     """
     if not stats:
         return {}
@@ -64,4 +70,7 @@ def diversity_metrics(stats: list[SearchStats]) -> dict[str, float]:
             "search/merged_frac": merged / sampled if sampled else 0.0,
             "search/unique_answers": sum(s.answers for s in stats) / n,
             "search/pass_any": sum(s.solved for s in stats) / n,
-            "search/multi_path": sum(s.paths > 1 for s in stats) / n}
+            "search/multi_path": sum(s.paths > 1 for s in stats) / n,
+            "search/nodes_expanded": expanded / n, "search/depth": sum(s.depth for s in stats) / n,
+            "search/terminals": sum(s.paths for s in stats) / n,
+            "search/simulations": sum(s.simulations for s in stats) / n}

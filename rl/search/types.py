@@ -54,6 +54,7 @@ class Spent:
     generated_tokens: int = 0
     critic_calls: int = 0
     seconds: float = 0.0
+    simulations: int = 0        # MCTS simulations run (an early stop or the token budget can cut them short)
 
 
 @dataclass
