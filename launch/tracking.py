@@ -129,10 +129,10 @@ def _is_scalar(v) -> bool:
 
 def eval_sample_rows(problems: list, records: list, n: int = 8) -> list[dict]:
     """Rows for Tracker.log_samples from the first n evaluation records (rl.rollout.EvalRecord) and the
-    problems they were evaluated on (matched by id). EvalRecord keeps no solution text: trajectory is None
-    and the answer is the record's prediction, with the gold answer and the verdict beside it."""
+    problems they were evaluated on (matched by id): the chosen trajectory (the record's solution), the
+    extracted answer, the task's reward, V's score of the whole solution, the gold answer and the verdict."""
     questions = {p.id: p.question for p in problems}
-    return [{"question": questions.get(x.id), "trajectory": None, "answer": x.prediction, "reward": x.reward,
+    return [{"question": questions.get(x.id), "trajectory": x.solution or None, "answer": x.prediction, "reward": x.reward,
              "value": x.value, "gold": x.gold, "correct": x.correct, "id": x.id} for x in records[:n]]
 
 

@@ -40,6 +40,7 @@ class EvalRecord:
     seconds: float
     reward: float = float("nan")   # the task's reward of the whole solution (working checked too)
     value: float = float("nan")    # V(prompt + solution): the critic's own estimate, for calibration
+    solution: str = ""             # the steps the method chose (the dashboard's sample table shows them)
 
 
 @dataclass
@@ -287,14 +288,17 @@ class RolloutWorker:
                 values = self.value.score([self.task.prompt(p) + r.solution for p, r in zip(chunk, results)])
                 for p, r, v in zip(chunk, results, values):
                     rec = self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds)
-                    rec.reward, rec.value = self.task.reward(p, r.solution), float(v)
+                    rec.reward, rec.value, rec.solution = self.task.reward(p, r.solution), float(v), r.solution
                     recs.append(rec)
             return recs
         search = build_search(method, self.search_cfg)
         models = self.models()
         budget = Budget(max_tokens=self.search_cfg.max_tokens)
-        return [self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds)
-                for p, r in zip(problems, self._run_searches(search, problems, models, budget, f"eval/{method}"))]
+        recs = []
+        for p, r in zip(problems, self._run_searches(search, problems, models, budget, f"eval/{method}")):
+            recs.append(self._record(p, r.answer, r.spent.generated_tokens, r.spent.seconds))
+            recs[-1].solution = r.solution
+        return recs
 
     # ---- imagination ----------------------------------------------------------------
     def synthesize(self, seeds: list[Problem], cfg: ImaginationConfig, *, eval_index: frozenset[tuple[str, ...]],

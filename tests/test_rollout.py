@@ -32,8 +32,10 @@ def test_worker_without_ray(tiny_model_dir):
     _check_batch(batch, problems, 0)
     recs = worker.evaluate(problems, "greedy")
     assert [r.id for r in recs] == [p.id for p in problems] and all(r.tokens > 0 for r in recs)
+    task_ = worker.task   # the record carries the chosen steps: its prediction is what they answer
+    assert all(r.solution and task_.extract_answer(r.solution) == r.prediction for r in recs)
     recs = worker.evaluate(problems, "mcts")
-    assert len(recs) == 3
+    assert len(recs) == 3 and all(task_.extract_answer(r.solution) == r.prediction for r in recs)
     with pytest.raises(ValueError, match="unknown search method"):
         worker.evaluate(problems, "dfs")
 

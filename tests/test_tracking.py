@@ -45,13 +45,15 @@ def test_eval_sample_rows_match_questions_by_id():
     from rl.rollout import EvalRecord
     problems = [Problem(id=f"p{i}", question=f"{i} + 1 = ?", answer=str(i + 1)) for i in range(10)]
     records = [EvalRecord(id=f"p{i}", prediction=str(i + 1 if i % 2 else i), gold=str(i + 1), correct=bool(i % 2),
-                          tokens=5, seconds=0.1, reward=float(i % 2), value=0.25) for i in reversed(range(10))]
+                          tokens=5, seconds=0.1, reward=float(i % 2), value=0.25, solution=f"{i} + 1 = {i + 1}\n" if i else "")
+               for i in reversed(range(10))]
     rows = eval_sample_rows(problems, records, 8)
     assert len(rows) == 8
-    assert rows[0] == {"question": "9 + 1 = ?", "trajectory": None, "answer": "10", "reward": 1.0, "value": 0.25,
+    assert rows[0] == {"question": "9 + 1 = ?", "trajectory": "9 + 1 = 10\n", "answer": "10", "reward": 1.0, "value": 0.25,
                        "gold": "10", "correct": True, "id": "p9"}
     assert all(r["question"] == f"{r['id'][1:]} + 1 = ?" for r in rows)
     assert len(eval_sample_rows(problems, records[:3])) == 3
+    assert eval_sample_rows(problems, records, 10)[-1]["trajectory"] is None   # no steps chosen: none shown
 
 
 def _inspect(run_path: Path) -> list[dict]:
