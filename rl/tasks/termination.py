@@ -42,6 +42,16 @@ def _cut(text: str, bounds: list[int]) -> list[str]:
     return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
+class StepsFromBounds:
+    """ends and split of a termination from its `bounds(text)`: the end offsets of the complete steps."""
+
+    def ends(self, text: str) -> bool:
+        return bool(self.bounds(text))
+
+    def split(self, text: str) -> list[str]:
+        return _cut(text, self.bounds(text))
+
+
 @dataclass(frozen=True)
 class NewlineStep:
     """A step is one line, ending at (and including) its newline: the arithmetic scratchpad's unit."""
@@ -65,7 +75,7 @@ FORMULA_RE = re.compile(r"(?:\d|(?<![A-Za-z])[A-Za-z](?![A-Za-z]))[ \t]*[-+*/=][
 
 
 @dataclass(frozen=True)
-class FormulaParagraphStep:
+class FormulaParagraphStep(StepsFromBounds):
     """A step is a paragraph that holds a formula: it ends at the first "\\n\\n" after a formula.
 
     Word problems (GSM8K style) spend paragraphs setting up before they compute; a paragraph break
@@ -83,12 +93,6 @@ class FormulaParagraphStep:
                 out.append(m.end())
                 start = m.end()
         return out
-
-    def ends(self, text: str) -> bool:
-        return bool(self.bounds(text))
-
-    def split(self, text: str) -> list[str]:
-        return _cut(text, self.bounds(text))
 
 
 # A LaTeX formula (MATH solutions): a $...$ span with an operator or a command in it, or a display (\[, \(,
@@ -129,7 +133,7 @@ def _indent(line: str) -> int:
 
 
 @dataclass(frozen=True)
-class CodeStep:
+class CodeStep(StepsFromBounds):
     """A step is one statement of Python-like code; a block statement takes its whole block.
 
     Rule, line by line (a logical line joins physical lines while a bracket is open):
@@ -178,18 +182,12 @@ class CodeStep:
             pos = end
         return out
 
-    def ends(self, text: str) -> bool:
-        return bool(self.bounds(text))
-
-    def split(self, text: str) -> list[str]:
-        return _cut(text, self.bounds(text))
-
 
 _HEADER_RE = re.compile(r"(async\s+def|def|class)\b")  # a function or class header
 
 
 @dataclass(frozen=True)
-class CodeBlockStep:
+class CodeBlockStep(StepsFromBounds):
     """A step is a block of code: lines up to a blank line or a dedent back to the level the step began at.
 
     The level L is the indentation of the step's first non-blank line: in a function body, the body's level.
@@ -243,12 +241,6 @@ class CodeBlockStep:
                 level = None
             pos = end
         return out
-
-    def ends(self, text: str) -> bool:
-        return bool(self.bounds(text))
-
-    def split(self, text: str) -> list[str]:
-        return _cut(text, self.bounds(text))
 
 
 TERMINATIONS = {"newline": NewlineStep, "formula_paragraph": FormulaParagraphStep,
